@@ -1,0 +1,5 @@
+import sys
+
+from mmjepa.cli import main
+
+sys.exit(main())

@@ -1,0 +1,44 @@
+"""The modality-agnostic encoder: embed tokens, keep only the visible ones (gather), transform."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import RotaryEmbedding, Transformer, gather_tokens, key_padding_to_attn_mask
+
+
+class Encoder(nn.Module):
+    """A ViT-style encoder over one modality's tokens.
+
+    ``embed`` (from the modality plug-in) maps the model input to (B, N, D) tokens; the encoder then
+    keeps the tokens named by ``keep`` (B, K) — so masked tokens cost nothing — and runs the blocks.
+    With ``rope`` the positions enter as rotary embeddings in every attention layer instead of being
+    added once by ``embed``.
+    """
+
+    def __init__(self, embed: nn.Module, dim: int, depth: int, num_heads: int, mlp_ratio: float = 4.0,
+                 qkv_bias: bool = True, eps: float = 1e-6, rope: bool = False):
+        super().__init__()
+        self.embed = embed
+        self.transformer = Transformer(dim, depth, num_heads, mlp_ratio, qkv_bias, eps)
+        self.rope = RotaryEmbedding(dim // num_heads, embed.coords.shape[-1]) if rope else None
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.transformer.blocks
+
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        keep: torch.Tensor | None = None,  # (B, K) indices of visible tokens, or None for all
+        valid: torch.Tensor | None = None,  # (B, K) bool, False on padding entries
+    ) -> torch.Tensor:
+        x = self.embed(inputs)  # (B, N, D)
+        coords = self.embed.coords if self.rope is not None else None  # (N, ndim)
+        if keep is not None:
+            x = gather_tokens(x, keep)  # (B, K, D)
+            if coords is not None:
+                coords = coords[keep]  # (B, K, ndim)
+        rope = self.rope(coords) if coords is not None else None
+        return self.transformer(x, key_padding_to_attn_mask(valid), rope)  # (B, K, D)

@@ -1,0 +1,164 @@
+"""Transformer building blocks shared by every encoder and the predictor.
+
+Parameter names follow the timm / I-JEPA ViT layout (``norm1``, ``attn.qkv``, ``attn.proj``,
+``norm2``, ``mlp.fc1``, ``mlp.fc2``) so that published ViT and I-JEPA checkpoints map onto them
+one tensor to one tensor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+# ----------------------------------------------------------------------------- positions
+def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """Fixed sin-cos embedding of 1-D ``positions`` (N,) -> (N, dim), as in MAE / I-JEPA."""
+    if dim % 2:
+        raise ValueError(f"sin-cos embedding needs an even dim, got {dim}")
+    omega = torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0)
+    omega = 1.0 / 10000**omega  # (dim/2,)
+    out = positions.to(torch.float64).reshape(-1, 1) * omega.reshape(1, -1)  # (N, dim/2)
+    return torch.cat([torch.sin(out), torch.cos(out)], dim=1).float()
+
+
+def sincos_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos embedding for a (grid_h, grid_w) grid in row-major order -> (h*w, dim).
+
+    Half the channels encode the column, half the row (the MAE / I-JEPA convention: the first half
+    uses the width coordinate).
+    """
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos embedding needs dim divisible by 4, got {dim}")
+    rows = torch.arange(grid_h).repeat_interleave(grid_w)  # (h*w,)
+    cols = torch.arange(grid_w).repeat(grid_h)  # (h*w,)
+    return torch.cat([sincos_1d(dim // 2, cols), sincos_1d(dim // 2, rows)], dim=1)
+
+
+class RotaryEmbedding(nn.Module):
+    """Axial rotary position embedding (RoPE) over integer coordinates with ``ndim`` axes.
+
+    The head dim is split evenly between the axes; each axis rotates its pairs of channels by
+    ``coord * theta^(-2i/d)``.
+    """
+
+    def __init__(self, head_dim: int, ndim: int = 1, theta: float = 10000.0):
+        super().__init__()
+        per_axis = head_dim // ndim
+        if per_axis % 2 or per_axis * ndim != head_dim:
+            raise ValueError(f"RoPE needs head_dim ({head_dim}) divisible by 2*ndim ({2 * ndim})")
+        self.per_axis, self.theta, self.ndim = per_axis, theta, ndim
+        self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
+
+    def _inv_freq(self) -> torch.Tensor:
+        return 1.0 / self.theta ** (torch.arange(0, self.per_axis, 2, dtype=torch.float32) / self.per_axis)
+
+    def reset_buffers(self) -> None:
+        self.inv_freq = self._inv_freq().to(self.inv_freq.device)
+
+    def forward(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """coords (B, N, ndim) or (N, ndim) -> cos, sin of shape (B, 1, N, head_dim/2)."""
+        if coords.dim() == 2:
+            coords = coords.unsqueeze(0)
+        angles = coords.float().unsqueeze(-1) * self.inv_freq  # (B, N, ndim, per_axis/2)
+        angles = angles.flatten(-2).unsqueeze(1)  # (B, 1, N, head_dim/2)
+        return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, N, hd) by the angles in cos/sin (B, 1, N, hd/2); pairs are (even, odd) channels."""
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, H, N, hd/2) each
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+    return out.type_as(x)
+
+
+# ----------------------------------------------------------------------------- blocks
+class Attention(nn.Module):
+    """Multi-head self-attention through ``F.scaled_dot_product_attention`` with one fused qkv matmul."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, N, D)
+        attn_mask: torch.Tensor | None = None,  # (B, 1, 1, N) bool, True = attend
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        B, N, D = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, hd) each
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, N, hd)
+        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, eps: float = 1e-6):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
+
+    def forward(self, x, attn_mask=None, rope=None):
+        x = x + self.attn(self.norm1(x), attn_mask, rope)
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    """A stack of blocks and a final LayerNorm, with optional activation checkpointing."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, eps: float):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, qkv_bias, eps) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.gradient_checkpointing = False
+
+    def forward(self, x, attn_mask=None, rope=None):
+        for blk in self.blocks:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(blk, x, attn_mask, rope, use_reentrant=False)
+            else:
+                x = blk(x, attn_mask, rope)
+        return self.norm(x)
+
+
+def rescale_residual_init(blocks: nn.ModuleList) -> None:
+    """I-JEPA's ``fix_init_weight``: divide each residual output projection by sqrt(2 * layer_id)."""
+    for layer_id, blk in enumerate(blocks, start=1):
+        blk.attn.proj.weight.data.div_(math.sqrt(2.0 * layer_id))
+        blk.mlp.fc2.weight.data.div_(math.sqrt(2.0 * layer_id))
+
+
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x (B, N, D), idx (B, K) -> (B, K, D): the I-JEPA ``apply_masks`` for one mask."""
+    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.size(-1)))
+
+
+def key_padding_to_attn_mask(valid: torch.Tensor | None) -> torch.Tensor | None:
+    """valid (B, N) bool (True = real token) -> SDPA boolean mask (B, 1, 1, N), or None."""
+    if valid is None:
+        return None
+    return valid[:, None, None, :]

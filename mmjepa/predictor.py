@@ -1,0 +1,111 @@
+"""The narrow cross-modal predictor: context latents + query tokens -> predicted target latents."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import RotaryEmbedding, Transformer, gather_tokens, key_padding_to_attn_mask
+
+
+class Predictor(nn.Module):
+    """I-JEPA's predictor, generalised to several modalities.
+
+    Context latents of any modalities (encoder width) are projected to the predictor width and given
+    their positions (+ a modality embedding when there is more than one modality); each target group
+    becomes query tokens = the learned ``mask_token`` + the position of each target token (+ the
+    target modality's embedding). Every target group is predicted in its own sequence
+    ``[context, queries]`` — the I-JEPA computation — and only the query outputs are projected back
+    to the encoder width.
+    """
+
+    def __init__(self, enc_dim: int, dim: int, depth: int, num_heads: int, embeds: dict[str, nn.Module], mlp_ratio: float = 4.0, qkv_bias: bool = True, eps: float = 1e-6,
+                 rope: bool = False):
+        super().__init__()
+        self.modalities = list(embeds)
+        self.predictor_embed = nn.Linear(enc_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.modality_embed = nn.Parameter(torch.zeros(len(self.modalities), dim)) if len(self.modalities) > 1 else None
+        self.rope = None
+        self.dim = dim
+        # functions that compute each modality's fixed tables (plain callables, not submodules)
+        self._table_fns = {k: (e.position_table, e.grid_coords) for k, e in embeds.items()}
+        self._use_rope = rope
+        for name, (table, coords) in self._tables().items():
+            self.register_buffer(f"pos_{name}", table, persistent=False)  # (N, Dp)
+            self.register_buffer(f"coords_{name}", coords, persistent=False)  # (N, ndim)
+        if rope:
+            self.rope = RotaryEmbedding(dim // num_heads, max(e.coords.shape[-1] for e in embeds.values()))
+        self.transformer = Transformer(dim, depth, num_heads, mlp_ratio, qkv_bias, eps)
+        self.predictor_proj = nn.Linear(dim, enc_dim)
+
+    def _tables(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        out = {}
+        for name, (table_fn, coords_fn) in self._table_fns.items():
+            coords = coords_fn()
+            table = table_fn(self.dim) if not self._use_rope else torch.zeros(coords.shape[0], 0)
+            out[name] = (table, coords)
+        return out
+
+    def reset_buffers(self) -> None:
+        """Recompute the fixed position tables (they are not saved in checkpoints)."""
+        dev = self.mask_token.device
+        for name, (table, coords) in self._tables().items():
+            setattr(self, f"pos_{name}", table.to(dev))
+            setattr(self, f"coords_{name}", coords.to(dev))
+
+    def _position(self, name: str, idx: torch.Tensor) -> torch.Tensor:
+        table = getattr(self, f"pos_{name}")  # (N, Dp)
+        return table[idx] if table.shape[-1] else 0.0
+
+    def _coords(self, name: str, idx: torch.Tensor, ndim: int) -> torch.Tensor:
+        c = getattr(self, f"coords_{name}")[idx]  # (..., k)
+        return torch.nn.functional.pad(c, (0, ndim - c.shape[-1]))
+
+    def _mod(self, name: str):
+        if self.modality_embed is None:
+            return 0.0
+        return self.modality_embed[self.modalities.index(name)]
+
+    def forward(
+        self,
+        context: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor | None]],
+        target_name: str,
+        target_idx: torch.Tensor,  # (B, M, Kt)
+        target_valid: torch.Tensor | None = None,  # (B, M, Kt)
+    ) -> torch.Tensor:
+        """``context``: list of (modality, latents (B, Kc, De), idx (B, Kc), valid (B, Kc) or None).
+
+        Returns predictions (B*M, Kt, De), sample-major (row b*M + m is sample b, group m).
+        """
+        B, M, Kt = target_idx.shape
+        ctx, ctx_valid, ctx_coords = [], [], []
+        ndim = self.rope.ndim if self.rope is not None else 0
+        for name, z, idx, valid in context:
+            ctx.append(self.predictor_embed(z) + self._position(name, idx) + self._mod(name))  # (B, Kc, Dp)
+            ctx_valid.append(valid if valid is not None else None)
+            if self.rope is not None:
+                ctx_coords.append(self._coords(name, idx, ndim))
+        x = torch.cat(ctx, 1) if len(ctx) > 1 else ctx[0]  # (B, Nc, Dp)
+        Nc = x.shape[1]
+        x = x.repeat_interleave(M, 0) if M > 1 else x  # (B*M, Nc, Dp)
+        flat_idx = target_idx.reshape(B * M, Kt)
+        q = self.mask_token + self._position(target_name, flat_idx) + self._mod(target_name)  # (B*M, Kt, Dp)
+        q = q.expand(B * M, Kt, -1) if q.dim() < 3 or q.shape[0] == 1 else q
+        x = torch.cat([x, q], 1)  # (B*M, Nc+Kt, Dp)
+
+        attn_mask = None
+        if target_valid is not None or any(v is not None for v in ctx_valid):
+            parts = [v if v is not None else torch.ones(z.shape[:2], dtype=torch.bool, device=x.device)
+                     for v, (_, z, _, _) in zip(ctx_valid, context)]
+            cv = torch.cat(parts, 1).repeat_interleave(M, 0) if M > 1 else torch.cat(parts, 1)
+            tv = (target_valid.reshape(B * M, Kt) if target_valid is not None
+                  else torch.ones(B * M, Kt, dtype=torch.bool, device=x.device))
+            attn_mask = key_padding_to_attn_mask(torch.cat([cv, tv], 1))
+        rope = None
+        if self.rope is not None:
+            cc = torch.cat(ctx_coords, 1)
+            cc = cc.repeat_interleave(M, 0) if M > 1 else cc
+            rope = self.rope(torch.cat([cc, self._coords(target_name, flat_idx, ndim)], 1))
+        x = self.transformer(x, attn_mask, rope)
+        return self.predictor_proj(x[:, Nc:])  # (B*M, Kt, De)

@@ -1,0 +1,245 @@
+"""Image modality: processor (decode, RGB, resize, crop, normalise), patch embedding, masks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmjepa.layers import sincos_2d
+from mmjepa.masking import MultiBlock2D, RandomPatch
+
+from .base import Modality, register_modality
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _pair(x: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(x, int):
+        return (x, x)
+    a, b = x
+    return int(a), int(b)
+
+
+@dataclass
+class ImageConfig:
+    """Options of the image modality (stored under ``config.modalities["image"]``)."""
+
+    image_size: int | tuple[int, int] = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    image_mean: tuple[float, ...] = IMAGENET_MEAN
+    image_std: tuple[float, ...] = IMAGENET_STD
+    resize: str = "shortest_edge"  # "shortest_edge" (resize then centre crop) or "exact" (squash)
+    background: tuple[int, int, int] = (255, 255, 255)  # fill behind transparent pixels
+    mask: str = "multiblock"  # "multiblock" (I-JEPA) or "random"
+    num_targets: int = 4
+    target_scale: tuple[float, float] = (0.15, 0.2)
+    target_aspect: tuple[float, float] = (0.75, 1.5)
+    context_scale: tuple[float, float] = (0.85, 1.0)
+    min_keep: int = 4
+    allow_overlap: bool = False
+    mask_ratio: float = 0.6  # for mask="random"
+
+    def __post_init__(self):
+        h, w = _pair(self.image_size)
+        if self.patch_size <= 0 or h % self.patch_size or w % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+        if self.num_channels not in (1, 3):
+            raise ValueError(f"num_channels must be 1 or 3, got {self.num_channels}")
+        if len(self.image_mean) != self.num_channels or len(self.image_std) != self.num_channels:
+            raise ValueError("image_mean and image_std need one value per channel")
+        if self.resize not in ("shortest_edge", "exact"):
+            raise ValueError(f"resize must be 'shortest_edge' or 'exact', got {self.resize!r}")
+        if self.mask not in ("multiblock", "random"):
+            raise ValueError(f"mask must be 'multiblock' or 'random', got {self.mask!r}")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        h, w = _pair(self.image_size)
+        return h // self.patch_size, w // self.patch_size
+
+
+class PatchEmbed(nn.Module):
+    """(B, C, H, W) pixels -> (B, N, D) patch tokens with fixed 2-D sin-cos positions added.
+
+    ``proj`` and ``pos_embed`` correspond 1:1 to ``patch_embed.proj`` and ``pos_embed`` of I-JEPA /
+    timm ViTs (``pos_embed`` is a persistent buffer so a checkpoint's table is loaded as it is).
+    """
+
+    def __init__(self, cfg: ImageConfig, dim: int, add_positions: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.grid = cfg.grid
+        self.num_tokens = self.grid[0] * self.grid[1]
+        self.proj = nn.Conv2d(cfg.num_channels, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.dim = dim
+        self.add_positions = add_positions
+        self.register_buffer("pos_embed", sincos_2d(dim, *self.grid).unsqueeze(0), persistent=True)  # (1, N, D)
+        self.register_buffer("coords", self.grid_coords(), persistent=False)  # (N, 2) (row, col)
+
+    def grid_coords(self) -> torch.Tensor:
+        rows = torch.arange(self.grid[0]).repeat_interleave(self.grid[1])
+        cols = torch.arange(self.grid[1]).repeat(self.grid[0])
+        return torch.stack([rows, cols], 1)
+
+    def reset_buffers(self) -> None:
+        """(Re)compute the fixed tables (called by weight init; a loaded ``pos_embed`` is kept)."""
+        from transformers import initialization as init
+
+        init.copy_(self.pos_embed, sincos_2d(self.dim, *self.grid).unsqueeze(0))
+        self.coords = self.grid_coords().to(self.pos_embed.device)
+
+    def position_table(self, dim: int) -> torch.Tensor:
+        return sincos_2d(dim, *self.grid)  # (N, dim)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        expected = (self.cfg.num_channels, *_pair(self.cfg.image_size))
+        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(
+                f"pixel_values must have shape (B, {expected[0]}, {expected[1]}, {expected[2]}), "
+                f"got {tuple(pixel_values.shape)}; use MMJepaProcessor / ImageProcessor to prepare images"
+            )
+        x = self.proj(pixel_values.to(self.proj.weight.dtype)).flatten(2).transpose(1, 2)  # (B, N, D)
+        return x + self.pos_embed if self.add_positions else x
+
+
+class ImageProcessor:
+    """Turns images into normalised ``pixel_values`` (B, C, H, W) float32.
+
+    Accepts a PIL image, a numpy array ((H, W), (H, W, C) or (C, H, W) with C in 1..4; uint8 in
+    0..255 or float in 0..1), a torch tensor (same layouts, or a (B, C, H, W) batch), or a list of
+    these. Any mode becomes RGB (transparent pixels are composited on ``background``), then the image
+    is resized (shortest edge + centre crop, or exact) and normalised.
+    """
+
+    def __init__(self, cfg: ImageConfig | None = None, **overrides):
+        self.cfg = cfg or ImageConfig(**overrides)
+        self.size = _pair(self.cfg.image_size)
+        self.mean = torch.tensor(self.cfg.image_mean).view(-1, 1, 1)
+        self.std = torch.tensor(self.cfg.image_std).view(-1, 1, 1)
+
+    # -- one image -> (C, H, W) float in [0, 1], RGBA/LA kept with alpha for compositing
+    def _to_tensor(self, image: Any) -> torch.Tensor:
+        try:
+            from PIL import Image
+        except ImportError:  # pragma: no cover - pillow is a dependency
+            Image = None
+        if Image is not None and isinstance(image, Image.Image):
+            if image.mode == "P":
+                image = image.convert("RGBA")
+            elif image.mode not in ("RGB", "RGBA", "L", "LA"):
+                image = image.convert("RGBA" if "A" in image.mode else "RGB")
+            image = np.asarray(image)
+        if isinstance(image, np.ndarray):
+            if image.dtype == object or not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
+                raise ValueError(f"image arrays must be numeric, got dtype {image.dtype}")
+            image = torch.from_numpy(np.array(image, copy=True))
+        if not isinstance(image, torch.Tensor):
+            raise ValueError(f"expected a PIL image, numpy array or torch tensor, got {type(image).__name__}")
+        if image.dtype == torch.bool or image.is_complex():
+            raise ValueError(f"image dtype {image.dtype} is not supported; use uint8 (0..255) or float (0..1)")
+        if image.dim() == 2:
+            image = image.unsqueeze(0)
+        elif image.dim() == 3:
+            if image.shape[-1] in (1, 2, 3, 4) and image.shape[0] not in (1, 2, 3, 4):
+                image = image.permute(2, 0, 1)  # HWC -> CHW
+            elif image.shape[-1] in (1, 2, 3, 4) and image.shape[0] in (1, 2, 3, 4) and image.shape[-1] < image.shape[0]:
+                image = image.permute(2, 0, 1)  # ambiguous tiny image: trust the smaller trailing axis
+        else:
+            raise ValueError(
+                f"expected an image of shape (H, W), (H, W, C) or (C, H, W) with C in (1, 2, 3, 4), "
+                f"got shape {tuple(image.shape)}"
+            )
+        if image.shape[0] not in (1, 2, 3, 4):
+            raise ValueError(f"expected 1 (grey), 2 (grey+alpha), 3 (RGB) or 4 (RGBA) channels, "
+                             f"got shape {tuple(image.shape)}")
+        if image.shape[1] == 0 or image.shape[2] == 0:
+            raise ValueError(f"image has an empty side: shape {tuple(image.shape)}")
+        if image.dtype == torch.uint8:
+            image = image.float() / 255.0
+        else:
+            image = image.float()
+            if not torch.isfinite(image).all():
+                raise ValueError("image contains NaN or infinite values")
+            if image.min() < -1e-3 or image.max() > 1.0 + 1e-3:
+                if image.max() <= 255.0 and image.min() >= 0:
+                    image = image / 255.0  # integer-valued images given as floats/ints
+                else:
+                    raise ValueError(f"float images must lie in [0, 1] (or 0..255); got [{image.min()}, {image.max()}]")
+        return self._to_rgb(image)
+
+    def _to_rgb(self, image: torch.Tensor) -> torch.Tensor:
+        c = image.shape[0]
+        if c in (2, 4):  # composite alpha on the background colour
+            alpha = image[-1:]
+            image = image[:-1]
+            bg = torch.tensor(self.cfg.background, dtype=torch.float32).view(-1, 1, 1)[: image.shape[0]] / 255.0
+            image = image * alpha + bg * (1 - alpha)
+        if self.cfg.num_channels == 3 and image.shape[0] == 1:
+            image = image.expand(3, -1, -1)
+        elif self.cfg.num_channels == 1 and image.shape[0] == 3:
+            image = (image * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
+        return image
+
+    def _resize(self, image: torch.Tensor) -> torch.Tensor:
+        th, tw = self.size
+        h, w = image.shape[-2:]
+        if self.cfg.resize == "exact":
+            size = (th, tw)
+        else:
+            scale = max(th / h, tw / w)
+            size = (max(th, round(h * scale)), max(tw, round(w * scale)))
+        if size != (h, w):
+            image = F.interpolate(image[None], size=size, mode="bicubic", antialias=True, align_corners=False)[0]
+        top, left = (image.shape[-2] - th) // 2, (image.shape[-1] - tw) // 2
+        return image[:, top : top + th, left : left + tw].clamp_(0.0, 1.0)
+
+    def preprocess(self, image: Any) -> torch.Tensor:
+        """One image -> (C, H, W) normalised float32."""
+        return (self._resize(self._to_tensor(image)) - self.mean) / self.std
+
+    def __call__(self, images: Any, return_tensors: str | None = "pt") -> dict[str, torch.Tensor]:
+        if isinstance(images, torch.Tensor) and images.dim() == 4:
+            images = list(images)
+        elif isinstance(images, np.ndarray) and images.ndim == 4:
+            images = list(images)
+        elif not isinstance(images, (list, tuple)):
+            images = [images]
+        if len(images) == 0:
+            raise ValueError("no images given")
+        return {"pixel_values": torch.stack([self.preprocess(im) for im in images])}
+
+
+@register_modality
+class ImageModality(Modality):
+    name = "image"
+    input_key = "pixel_values"
+    config_class = ImageConfig
+
+    @classmethod
+    def build_embed(cls, cfg: ImageConfig, dim: int, add_positions: bool = True) -> nn.Module:
+        return PatchEmbed(cfg, dim, add_positions)
+
+    @classmethod
+    def build_processor(cls, cfg: ImageConfig) -> ImageProcessor:
+        return ImageProcessor(cfg)
+
+    @classmethod
+    def build_mask_sampler(cls, cfg: ImageConfig):
+        if cfg.mask == "random":
+            return RandomPatch(cfg.grid[0] * cfg.grid[1], cfg.mask_ratio)
+        return MultiBlock2D(
+            grid=cfg.grid,
+            num_targets=cfg.num_targets,
+            target_scale=cfg.target_scale,
+            target_aspect=cfg.target_aspect,
+            context_scale=cfg.context_scale,
+            min_keep=cfg.min_keep,
+            allow_overlap=cfg.allow_overlap,
+        )

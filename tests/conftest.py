@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny configs so every test runs in seconds on a CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmjepa import MMJepaConfig
+
+
+def tiny_image_config(**overrides) -> MMJepaConfig:
+    """A 2-layer, 32-wide image model on 32x32 images in 4x4 patches (an 8x8 token grid)."""
+    kw = dict(
+        modalities={"image": {"image_size": 32, "patch_size": 4, "min_keep": 2}},
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        predictor_hidden_size=16, predictor_num_hidden_layers=2, predictor_num_attention_heads=2,
+    )
+    kw.update(overrides)
+    return MMJepaConfig(**kw)
+
+
+@pytest.fixture
+def tiny_config() -> MMJepaConfig:
+    return tiny_image_config()
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield

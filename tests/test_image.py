@@ -1,0 +1,121 @@
+"""The image processor's input handling and its errors, and the patch embedding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmjepa import MMJepaProcessor
+from mmjepa.modalities.image import ImageConfig, ImageProcessor, PatchEmbed
+
+from conftest import tiny_image_config
+
+rng = np.random.default_rng(0)
+
+
+def _pil(mode: str, size=(40, 30)) -> Image.Image:
+    arr = rng.integers(0, 256, (size[1], size[0], 4), dtype=np.uint8)
+    return Image.fromarray(arr, "RGBA").convert(mode)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        _pil("RGB"), _pil("RGBA"), _pil("L"), _pil("LA"), _pil("P"), _pil("CMYK"), _pil("I;16"), _pil("1"),
+        rng.integers(0, 256, (20, 25), dtype=np.uint8),  # grayscale HW
+        rng.integers(0, 256, (20, 25, 3), dtype=np.uint8),  # HWC
+        rng.integers(0, 256, (20, 25, 4), dtype=np.uint8),  # HWC with alpha
+        rng.random((20, 25, 3), dtype=np.float32),  # float HWC in [0, 1]
+        torch.rand(3, 17, 50),  # CHW tensor
+        torch.randint(0, 256, (1, 9, 9), dtype=torch.uint8),  # single channel CHW
+        np.zeros((1, 1, 3), dtype=np.uint8),  # a single pixel
+        rng.integers(0, 256, (1200, 1600, 3), dtype=np.uint8),  # large
+    ],
+    ids=["rgb", "rgba", "l", "la", "p", "cmyk", "i16", "bilevel", "np-hw", "np-hwc", "np-hwc-alpha", "np-float",
+         "t-chw", "t-1chw", "pixel", "large"],
+)
+def test_processor_accepts(image):
+    proc = ImageProcessor(ImageConfig(image_size=32, patch_size=4))
+    out = proc(image)["pixel_values"]
+    assert out.shape == (1, 3, 32, 32) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+
+
+def test_batches_and_lists():
+    proc = ImageProcessor(ImageConfig(image_size=(32, 48), patch_size=8))
+    assert proc(torch.rand(5, 3, 20, 20))["pixel_values"].shape == (5, 3, 32, 48)
+    assert proc([_pil("RGB"), _pil("L", (8, 8))])["pixel_values"].shape == (2, 3, 32, 48)
+
+
+def test_transparent_pixels_become_background():
+    proc = ImageProcessor(ImageConfig(image_size=8, patch_size=4, image_mean=(0, 0, 0), image_std=(1, 1, 1)))
+    clear = np.zeros((8, 8, 4), dtype=np.uint8)  # black but fully transparent
+    assert torch.allclose(proc(clear)["pixel_values"], torch.ones(1, 3, 8, 8), atol=1e-6)
+
+
+def test_normalisation_and_centre_crop():
+    cfg = ImageConfig(image_size=4, patch_size=2, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5))
+    img = np.zeros((4, 8, 3), dtype=np.uint8)
+    img[:, 2:6] = 255  # a white band in the middle: the centre crop keeps only it
+    out = ImageProcessor(cfg)(img)["pixel_values"]
+    assert torch.allclose(out, torch.ones_like(out), atol=1e-5)
+
+
+def test_grayscale_model():
+    cfg = ImageConfig(image_size=8, patch_size=4, num_channels=1, image_mean=(0.5,), image_std=(0.5,))
+    assert ImageProcessor(cfg)(_pil("RGB"))["pixel_values"].shape == (1, 1, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ("a string", "PIL image, numpy array or torch tensor"),
+        (np.zeros((2, 3, 4, 5, 6)), "shape"),
+        (np.zeros((10, 10, 7)), "channels"),
+        (np.zeros((0, 10, 3), dtype=np.uint8), "empty"),
+        (np.full((4, 4, 3), np.nan, dtype=np.float32), "NaN"),
+        (np.zeros((4, 4), dtype=np.complex64), "complex|dtype"),
+        (np.zeros((4, 4), dtype=bool), "dtype"),
+        (np.array([["a", "b"]], dtype=object), "numeric"),
+        (np.full((4, 4, 3), -5.0, dtype=np.float32), r"\[0, 1\]"),
+        ([], "no images"),
+    ],
+)
+def test_processor_errors(bad, match):
+    proc = ImageProcessor(ImageConfig(image_size=8, patch_size=4))
+    with pytest.raises(ValueError, match=match):
+        proc(bad)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(image_size=30, patch_size=8), "multiple of patch_size"),
+        (dict(num_channels=2), "num_channels"),
+        (dict(resize="stretch"), "resize"),
+        (dict(mask="checkerboard"), "mask"),
+    ],
+)
+def test_config_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ImageConfig(**kwargs)
+
+
+def test_patch_embed_shapes_and_errors():
+    embed = PatchEmbed(ImageConfig(image_size=(16, 24), patch_size=8), dim=16)
+    assert embed.num_tokens == 6 and embed.coords.shape == (6, 2)
+    assert embed(torch.randn(2, 3, 16, 24)).shape == (2, 6, 16)
+    for bad in (torch.randn(2, 3, 24, 16), torch.randn(3, 16, 24), torch.randn(2, 1, 16, 24)):
+        with pytest.raises(ValueError, match="pixel_values must have shape"):
+            embed(bad)
+
+
+def test_mmjepa_processor_routes_to_modalities():
+    proc = MMJepaProcessor.from_config(tiny_image_config())
+    assert proc(images=_pil("RGB"))["pixel_values"].shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match="at least one"):
+        proc()
+    with pytest.raises(ValueError, match="no audio processor"):
+        proc(audio=np.zeros(16000, dtype=np.float32), sampling_rate=16000)

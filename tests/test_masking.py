@@ -1,0 +1,138 @@
+"""Mask sampler invariants: disjointness, sizes and aspect ratios, shapes, seeded determinism."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mmjepa.masking import MaskCollator, MultiBlock2D, RandomPatch
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("grid", [(12, 12), (14, 14), (8, 10)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_multiblock_shapes_and_disjoint(grid, seed):
+    sampler = MultiBlock2D(grid=grid)
+    B = 8
+    masks = sampler(B, _gen(seed))
+    ctx, tgt = masks["context"], masks["target"]
+    N = grid[0] * grid[1]
+    assert ctx.shape[0] == B and ctx.dtype == torch.long
+    assert tgt.shape[:2] == (B, 4) and tgt.dtype == torch.long
+    assert ctx.shape[1] > sampler.min_keep and tgt.shape[2] > sampler.min_keep
+    for b in range(B):
+        c = set(ctx[b].tolist())
+        assert len(c) == ctx.shape[1], "context indices repeat"
+        assert all(0 <= i < N for i in c)
+        for m in range(4):
+            t = set(tgt[b, m].tolist())
+            assert len(t) == tgt.shape[2]
+            assert not (c & t), "context and target overlap"
+
+
+def test_allow_overlap_keeps_full_context_block():
+    sampler = MultiBlock2D(grid=(12, 12), allow_overlap=True)
+    masks = sampler(4, _gen(0))
+    h, w = sampler.block_size(_gen(0), sampler.target_scale, sampler.target_aspect)  # first draw of the batch
+    assert masks["target"].shape[2] <= h * w
+
+
+@pytest.mark.parametrize("grid", [(14, 14), (12, 12)])
+def test_block_sizes_and_aspect_within_range(grid):
+    sampler = MultiBlock2D(grid=grid)
+    H, W = grid
+    g = _gen(3)
+    for _ in range(300):
+        h, w = sampler.block_size(g, sampler.target_scale, sampler.target_aspect)
+        # h and w are rounded from sqrt(scale * N * aspect): allow one token of rounding on each side
+        lo_s, hi_s = sampler.target_scale
+        assert (h - 1) * (w - 1) <= hi_s * H * W and (h + 1) * (w + 1) >= lo_s * H * W
+        lo_a, hi_a = sampler.target_aspect
+        assert (h - 0.5) / (w + 0.5) <= hi_a and (h + 0.5) / (w - 0.5) >= lo_a
+        ch, cw = sampler.block_size(g, sampler.context_scale, sampler.context_aspect)
+        assert ch == cw or min(ch, cw) == min(H, W) - 1  # aspect 1 unless clipped by the grid
+        assert ch < H and cw < W
+
+
+def test_target_blocks_are_rectangles():
+    sampler = MultiBlock2D(grid=(12, 12))
+    g = _gen(5)
+    for _ in range(50):
+        size = sampler.block_size(g, sampler.target_scale, sampler.target_aspect)
+        idx, comp = sampler._place(g, size, None)
+        rows, cols = idx // 12, idx % 12
+        assert len(idx) == size[0] * size[1]
+        assert rows.max() - rows.min() + 1 == size[0] and cols.max() - cols.min() + 1 == size[1]
+        assert (~comp).sum() == len(idx)
+
+
+def test_context_block_scale():
+    sampler = MultiBlock2D(grid=(14, 14))
+    g = _gen(1)
+    for _ in range(100):
+        h, w = sampler.block_size(g, sampler.context_scale, sampler.context_aspect)
+        assert 0.85 * 196 * 0.7 <= h * w <= 196
+        assert abs(h - w) <= 1
+
+
+def test_seeded_determinism():
+    sampler = MultiBlock2D(grid=(12, 12))
+    a, b, c = sampler(6, _gen(7)), sampler(6, _gen(7)), sampler(6, _gen(8))
+    assert torch.equal(a["context"], b["context"]) and torch.equal(a["target"], b["target"])
+    assert not (a["context"].shape == c["context"].shape and torch.equal(a["context"], c["context"]))
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.6, 0.9])
+def test_random_patch(ratio):
+    sampler = RandomPatch(num_tokens=64, mask_ratio=ratio)
+    masks = sampler(5, _gen(0))
+    ctx, tgt = masks["context"], masks["target"]
+    assert tgt.shape == (5, 1, round(64 * ratio)) and ctx.shape == (5, 64 - round(64 * ratio))
+    for b in range(5):
+        both = torch.cat([ctx[b], tgt[b, 0]]).sort().values
+        assert torch.equal(both, torch.arange(64))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(grid=(1, 8)), "at least 2x2"),
+        (dict(grid=(8, 8), num_targets=0), "num_targets"),
+        (dict(grid=(8, 8), target_scale=(0.3, 0.1)), "target_scale"),
+        (dict(grid=(8, 8), min_keep=64), "min_keep"),
+    ],
+)
+def test_multiblock_rejects_bad_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MultiBlock2D(**kwargs)
+
+
+def test_multiblock_too_small_grid_raises_instead_of_looping():
+    sampler = MultiBlock2D(grid=(4, 4))  # target blocks of 1-2 tokens can never exceed min_keep=4
+    with pytest.raises(ValueError, match="min_keep"):
+        sampler(2, _gen(0))
+
+
+def test_random_patch_rejects_degenerate_ratio():
+    with pytest.raises(ValueError):
+        RandomPatch(num_tokens=4, mask_ratio=0.01)
+
+
+def test_collator_batches_and_resumes():
+    col = MaskCollator({"image": ("pixel_values", MultiBlock2D(grid=(8, 8), min_keep=2))}, seed=3)
+    samples = [{"pixel_values": torch.randn(3, 32, 32), "label": i} for i in range(4)]
+    col(samples)
+    state = col.state_dict()
+    nxt = col(samples)
+    assert nxt["pixel_values"].shape == (4, 3, 32, 32)
+    assert torch.equal(nxt["label"], torch.arange(4))
+    col.load_state_dict(state)
+    again = col(samples)
+    assert torch.equal(nxt["masks"]["image"]["context"], again["masks"]["image"]["context"])
+    assert torch.equal(nxt["masks"]["image"]["target"], again["masks"]["image"]["target"])
+    assert math.prod(nxt["masks"]["image"]["target"].shape[:2]) == 16
