@@ -54,8 +54,9 @@ def fsdd(split: str = "train") -> list[dict[str, Any]]:
     """Free Spoken Digit Dataset: 3,000 recordings (8 kHz mono) of the digits 0-9 by 6 speakers.
 
     The official split: ``test`` holds takes 0-4 of every speaker and digit (300 clips), ``train``
-    takes 5-49 (2,700). Samples: ``audio`` (float32 waveform in [-1, 1]), ``sampling_rate``,
-    ``label`` (the digit), ``speaker``.
+    takes 5-49 (2,700). Samples: ``audio`` = ``{"array": float32 waveform in [-1, 1],
+    "sampling_rate": 8000}`` (the form the data pipeline decodes audio to, which the audio processor
+    takes as it is), ``sampling_rate`` (again), ``label`` (the digit), ``speaker``.
     """
     import soundfile as sf
 
@@ -70,8 +71,8 @@ def fsdd(split: str = "train") -> list[dict[str, Any]]:
         if split == "test" and int(take) > 4 or split == "train" and int(take) <= 4:
             continue
         audio, sr = sf.read(path, dtype="float32")
-        out.append({"__key__": f"fsdd-{path.stem}", "audio": audio, "sampling_rate": int(sr),
-                    "label": int(digit), "speaker": speaker})
+        out.append({"__key__": f"fsdd-{path.stem}", "audio": {"array": audio, "sampling_rate": int(sr)},
+                    "sampling_rate": int(sr), "label": int(digit), "speaker": speaker})
     return out
 
 
@@ -88,7 +89,7 @@ def shakespeare_text(split: str = "train", held_out: float = 0.1) -> str:
     return text[:cut] if split == "train" else text[cut:]
 
 
-def shakespeare(split: str = "train", chunk_chars: int = 400) -> list[dict[str, Any]]:
+def shakespeare(split: str = "train", chunk_chars: int = 350) -> list[dict[str, Any]]:
     """Tiny Shakespeare (train: first 90%, test: last 10%, split on a line boundary) as ``text``
     samples of whole lines, each about ``chunk_chars`` characters long."""
     text = shakespeare_text(split)

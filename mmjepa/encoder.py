@@ -34,7 +34,9 @@ class Encoder(nn.Module):
         keep: torch.Tensor | None = None,  # (B, K) indices of visible tokens, or None for all
         valid: torch.Tensor | None = None,  # (B, K) bool, False on padding entries
     ) -> torch.Tensor:
-        x = self.embed(inputs)  # (B, N, D)
+        # (B, N, D); made contiguous once: a patch embedding's (B, D, N) -> (B, N, D) transpose would
+        # otherwise carry its strided layout through every residual add and make each LayerNorm copy
+        x = self.embed(inputs).contiguous()
         coords = self.embed.coords if self.rope is not None else None  # (N, ndim)
         if keep is not None:
             x = gather_tokens(x, keep)  # (B, K, D)

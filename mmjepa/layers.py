@@ -95,7 +95,9 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, hd) each
+        # unbind along the qkv axis, then transpose: the same strided views as permute(2, 0, 3, 1, 4),
+        # but the backward stacks the three gradients straight into qkv's layout (one copy, not two)
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (B, H, N, hd) each
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, N, hd)

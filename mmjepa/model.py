@@ -209,3 +209,17 @@ class MMJepaModel(MMJepaPreTrainedModel):
                 pooled = (h * w).sum(1) / w.sum(1).clamp_min(1.0)
             out[name] = F.normalize(pooled, dim=-1) if normalize else pooled
         return out
+
+
+def compile_model(model: MMJepaModel, **compile_kwargs: Any) -> MMJepaModel:
+    """Compile every context encoder, target encoder and the predictor in place with ``torch.compile``
+    (inductor by default; ``compile_kwargs`` go to it, e.g. ``mode="max-autotune-no-cudagraphs"``).
+
+    The mathematics and the state-dict keys are unchanged (``nn.Module.compile`` wraps ``__call__``
+    only), so checkpoints, ``save_pretrained`` and the EMA update work as before. Optional: the
+    first steps pay the compile time (minutes on a small CPU), and masks whose lengths change from
+    batch to batch trigger one recompile with dynamic shapes.
+    """
+    for module in [*model.encoders.values(), *model.target_encoders.values(), model.predictor]:
+        module.compile(**compile_kwargs)
+    return model

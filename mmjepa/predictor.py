@@ -88,11 +88,13 @@ class Predictor(nn.Module):
                 ctx_coords.append(self._coords(name, idx, ndim))
         x = torch.cat(ctx, 1) if len(ctx) > 1 else ctx[0]  # (B, Nc, Dp)
         Nc = x.shape[1]
-        x = x.repeat_interleave(M, 0) if M > 1 else x  # (B*M, Nc, Dp)
         flat_idx = target_idx.reshape(B * M, Kt)
         q = self.mask_token + self._position(target_name, flat_idx) + self._mod(target_name)  # (B*M, Kt, Dp)
         q = q.expand(B * M, Kt, -1) if q.dim() < 3 or q.shape[0] == 1 else q
-        x = torch.cat([x, q], 1)  # (B*M, Nc+Kt, Dp)
+        # each group m of sample b is its own sequence [context_b, queries_bm]: written with one copy
+        # (the context broadcast over the M groups) instead of repeat_interleave + cat
+        x = torch.cat([x.unsqueeze(1).expand(B, M, Nc, x.shape[-1]), q.reshape(B, M, Kt, -1)], 2)
+        x = x.reshape(B * M, Nc + Kt, -1)  # (B*M, Nc+Kt, Dp), sample-major
 
         attn_mask = None
         if target_valid is not None or any(v is not None for v in ctx_valid):

@@ -136,3 +136,20 @@ def test_collator_batches_and_resumes():
     assert torch.equal(nxt["masks"]["image"]["context"], again["masks"]["image"]["context"])
     assert torch.equal(nxt["masks"]["image"]["target"], again["masks"]["image"]["target"])
     assert math.prod(nxt["masks"]["image"]["target"].shape[:2]) == 16
+
+
+@pytest.mark.parametrize("grid", [(12, 12), (14, 14), (6, 12)])
+def test_block_sizes_match_reference_collator(grid):
+    """Block sizes equal those of the paper's collator (as shipped in lightly) for the same draws."""
+    lightly_collate = pytest.importorskip("lightly.data.ijepa_collate")
+    ref = lightly_collate.IJEPAMaskCollator(
+        input_size=(grid[0] * 16, grid[1] * 16), patch_size=16, enc_mask_scale=(0.85, 1.0),
+        pred_mask_scale=(0.15, 0.2), aspect_ratio=(0.75, 1.5),
+    )
+    ours = MultiBlock2D(grid=grid)
+    g_ref, g_ours = _gen(11), _gen(11)
+    for _ in range(200):
+        assert ref._sample_block_size(g_ref, (0.15, 0.2), (0.75, 1.5)) == ours.block_size(
+            g_ours, ours.target_scale, ours.target_aspect)
+        assert ref._sample_block_size(g_ref, (0.85, 1.0), (1.0, 1.0)) == ours.block_size(
+            g_ours, ours.context_scale, ours.context_aspect)

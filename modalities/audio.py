@@ -1,0 +1,497 @@
+"""Audio modality: decode (soundfile), resample to 16 kHz, mono, Kaldi log-mel filterbank (128 bins,
+25 ms window, 10 ms shift, the AST/AudioMAE settings), normalise, crop/pad to a fixed number of
+frames with a padding mask, patchify (frequency x time) and mask (time-frequency blocks or
+multi-block).
+
+Features have shape (F, T) = (num_mel_bins, max_frames); patches of ``patch_size`` = (pf, pt) make a
+(F/pf, T/pt) token grid in frequency-major order (token id = f * (T/pt) + t). With
+``padding="mask"`` the tokens of padded frames are marked invalid (``input_features_valid``), the
+encoders' attention ignores them and the mask samplers never pick them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmjepa.layers import sincos_2d
+from mmjepa.masking import MultiBlock2D
+
+from .base import Modality, register_modality
+from .text import pack_indices
+
+AST_MEAN, AST_STD = -4.2677393, 4.5689974  # AudioSet log-mel statistics used by AST
+
+
+def _pair(x: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(x, int):
+        return (x, x)
+    a, b = x
+    return int(a), int(b)
+
+
+@dataclass
+class AudioConfig:
+    """Options of the audio modality (stored under ``config.modalities["audio"]``).
+
+    ``mean`` / ``std`` normalise the log-mel features; compute them for a dataset with
+    :func:`compute_normalization_stats` (or ``python -m mmjepa.modalities.audio stats FILE...``).
+    ``padding``: ``"mask"`` marks the tokens of padded frames invalid, ``"zeros"`` treats the
+    zero padding as signal (every token valid). ``mask``: ``"tf_blocks"`` (A-JEPA-style blocks that
+    span all frequencies over a time range, or all time over a frequency range) or ``"multiblock"``
+    (I-JEPA blocks on the (F, T) grid).
+    """
+
+    sample_rate: int = 16000
+    num_mel_bins: int = 128
+    frame_length_ms: float = 25.0
+    frame_shift_ms: float = 10.0
+    max_frames: int = 1024
+    patch_size: int | tuple[int, int] = 16
+    padding: str = "mask"
+    mean: float = AST_MEAN
+    std: float = AST_STD
+    silence_threshold: float = 1e-4  # peak |amplitude| below this is silence
+    mask: str = "tf_blocks"
+    num_time_targets: int = 2
+    num_freq_targets: int = 2
+    time_scale: tuple[float, float] = (0.1, 0.25)
+    freq_scale: tuple[float, float] = (0.1, 0.25)
+    num_targets: int = 4  # multiblock
+    target_scale: tuple[float, float] = (0.15, 0.2)
+    target_aspect: tuple[float, float] = (0.75, 1.5)
+    context_scale: tuple[float, float] = (0.85, 1.0)
+    min_keep: int = 4
+
+    def __post_init__(self):
+        pf, pt = _pair(self.patch_size)
+        if pf <= 0 or pt <= 0 or self.num_mel_bins % pf or self.max_frames % pt:
+            raise ValueError(f"num_mel_bins ({self.num_mel_bins}) and max_frames ({self.max_frames}) must be "
+                             f"multiples of the patch size {(pf, pt)}")
+        if self.padding not in ("mask", "zeros"):
+            raise ValueError(f"padding must be 'mask' or 'zeros', got {self.padding!r}")
+        if self.mask not in ("tf_blocks", "multiblock"):
+            raise ValueError(f"mask must be 'tf_blocks' or 'multiblock', got {self.mask!r}")
+        if not self.std > 0:
+            raise ValueError(f"std must be > 0, got {self.std}")
+        if self.sample_rate <= 0:
+            raise ValueError(f"sample_rate must be > 0, got {self.sample_rate}")
+
+    @property
+    def patch(self) -> tuple[int, int]:
+        return _pair(self.patch_size)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        pf, pt = self.patch
+        return self.num_mel_bins // pf, self.max_frames // pt
+
+    @property
+    def min_samples(self) -> int:
+        """Samples (at ``sample_rate``) needed for one patch of frames."""
+        win = int(self.sample_rate * self.frame_length_ms / 1000)
+        hop = int(self.sample_rate * self.frame_shift_ms / 1000)
+        return win + (self.patch[1] - 1) * hop
+
+
+# ----------------------------------------------------------------------------- decoding + features
+def decode_audio(x: Any, sampling_rate: int | None = None) -> tuple[torch.Tensor, int]:
+    """Any audio input -> (mono float32 waveform (n,), sample rate).
+
+    Accepts a file path, encoded bytes / a file object (WAV, FLAC, OGG: decoded with soundfile),
+    a dict ``{"array", "sampling_rate"}`` (Hugging Face ``datasets`` Audio), or a numpy array /
+    torch tensor of shape (n,), (n, C) or (C, n) (the shorter axis is the channels; integer PCM is
+    scaled to [-1, 1]) together with ``sampling_rate``. Channels are averaged.
+    """
+    if isinstance(x, dict):
+        if "array" not in x:
+            raise ValueError(f"an audio dict needs an 'array' key, got keys {sorted(x)}")
+        return decode_audio(x["array"], x.get("sampling_rate", sampling_rate))
+    if isinstance(x, (str, Path, bytes, bytearray, io.IOBase)):
+        import soundfile as sf
+
+        src = io.BytesIO(bytes(x)) if isinstance(x, (bytes, bytearray)) else x
+        if isinstance(src, (str, Path)) and not Path(src).is_file():
+            raise ValueError(f"audio file not found: {src}")
+        try:
+            data, sr = sf.read(src, dtype="float32", always_2d=True)  # (n, C)
+        except Exception as err:  # soundfile raises LibsndfileError / RuntimeError / TypeError
+            name = src if isinstance(src, (str, Path)) else "audio bytes"
+            raise ValueError(f"could not decode {name}: {err}") from None
+        return _to_mono(torch.from_numpy(data), channels_last=True), int(sr)
+    if isinstance(x, np.ndarray):
+        if not (np.issubdtype(x.dtype, np.number)) or np.iscomplexobj(x):
+            raise ValueError(f"audio arrays must be real numbers, got dtype {x.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"expected a path, bytes, dict, numpy array or tensor, got {type(x).__name__}")
+    if sampling_rate is None:
+        raise ValueError("sampling_rate is required for audio given as an array")
+    if x.dtype in (torch.int16, torch.int32, torch.int8, torch.uint8):
+        scale = {torch.int16: 32768.0, torch.int32: 2147483648.0, torch.int8: 128.0}.get(x.dtype)
+        x = (x.float() - 128.0) / 128.0 if x.dtype == torch.uint8 else x.float() / scale
+    elif x.is_complex() or x.dtype == torch.bool:
+        raise ValueError(f"audio dtype {x.dtype} is not supported")
+    return _to_mono(x.float(), channels_last=None), int(sampling_rate)
+
+
+def _to_mono(x: torch.Tensor, channels_last: bool | None) -> torch.Tensor:
+    if x.dim() == 1:
+        return x
+    if x.dim() != 2:
+        raise ValueError(f"audio must have shape (n,), (n, C) or (C, n), got {tuple(x.shape)}")
+    if channels_last is None:
+        channels_last = x.shape[1] < x.shape[0]
+    return x.mean(1) if channels_last else x.mean(0)
+
+
+class AudioProcessor:
+    """Audio -> ``input_features`` (B, num_mel_bins, max_frames) float32, normalised log-mel, and
+    (``padding="mask"``) ``input_features_valid`` (B, N) bool over the patch tokens."""
+
+    def __init__(self, cfg: AudioConfig | None = None, **overrides):
+        self.cfg = cfg or AudioConfig(**overrides)
+
+    def waveform(self, audio: Any, sampling_rate: int | None = None) -> torch.Tensor:
+        """Decode, mix to mono, check, and resample to ``cfg.sample_rate`` -> (n,) float32."""
+        from torchaudio.functional import resample
+
+        wav, sr = decode_audio(audio, sampling_rate)
+        if sr <= 0:
+            raise ValueError(f"sampling_rate must be > 0, got {sr}")
+        if wav.numel() == 0:
+            raise ValueError("audio is empty")
+        if not torch.isfinite(wav).all():
+            raise ValueError("audio contains NaN or infinite samples")
+        if wav.abs().max() < self.cfg.silence_threshold:
+            raise ValueError(f"audio is silent (peak amplitude {float(wav.abs().max()):.2e} "
+                             f"< silence_threshold {self.cfg.silence_threshold})")
+        if sr != self.cfg.sample_rate:
+            wav = resample(wav, sr, self.cfg.sample_rate)
+        if wav.numel() < self.cfg.min_samples:
+            secs = wav.numel() / self.cfg.sample_rate
+            raise ValueError(f"audio is too short: {wav.numel()} samples ({secs:.3f} s) at {self.cfg.sample_rate} Hz, "
+                             f"need {self.cfg.min_samples} for one {self.cfg.patch} patch of frames")
+        return wav
+
+    def fbank(self, wav: torch.Tensor) -> torch.Tensor:
+        """(n,) waveform at ``cfg.sample_rate`` -> (T, num_mel_bins) Kaldi log-mel filterbank (AST settings)."""
+        from torchaudio.compliance import kaldi
+
+        return kaldi.fbank(wav.unsqueeze(0), htk_compat=True, sample_frequency=self.cfg.sample_rate,
+                           use_energy=False, window_type="hanning", num_mel_bins=self.cfg.num_mel_bins,
+                           dither=0.0, frame_length=self.cfg.frame_length_ms, frame_shift=self.cfg.frame_shift_ms)
+
+    def log_mel(self, audio: Any, sampling_rate: int | None = None) -> torch.Tensor:
+        """Unnormalised, uncropped (T, num_mel_bins) log-mel features of one clip."""
+        return self.fbank(self.waveform(audio, sampling_rate))
+
+    def preprocess(self, audio: Any, sampling_rate: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One clip -> features (F, max_frames) and token validity (N,) bool."""
+        feats = (self.log_mel(audio, sampling_rate) - self.cfg.mean) / self.cfg.std  # (T, F)
+        T = min(feats.shape[0], self.cfg.max_frames)
+        out = torch.zeros(self.cfg.num_mel_bins, self.cfg.max_frames)
+        out[:, :T] = feats[:T].T
+        Fg, Tg = self.cfg.grid
+        cols = torch.arange(Tg) < -(-T // self.cfg.patch[1])  # time patches holding real frames
+        if self.cfg.padding == "zeros":
+            cols[:] = True
+        return out, cols.repeat(Fg)  # (F, T), (Fg*Tg,)
+
+    def __call__(self, audio: Any, sampling_rate: int | None = None,
+                 return_tensors: str | None = "pt") -> dict[str, torch.Tensor]:
+        clips = list(audio) if isinstance(audio, (list, tuple)) else [audio]
+        if not clips:
+            raise ValueError("no audio given")
+        feats, valid = zip(*(self.preprocess(c, sampling_rate) for c in clips))
+        out = {"input_features": torch.stack(feats)}
+        if self.cfg.padding == "mask":
+            out["input_features_valid"] = torch.stack(valid)
+        return out
+
+
+def compute_normalization_stats(clips: Iterable[Any], cfg: AudioConfig | None = None,
+                                sampling_rate: int | None = None, skip_errors: bool = False) -> tuple[float, float]:
+    """Mean and std of the log-mel features over every frame and bin of ``clips`` (paths, arrays
+    with ``sampling_rate``, or sample dicts with ``audio`` + ``sampling_rate``); put them in
+    ``AudioConfig(mean=..., std=...)``. ``skip_errors`` skips clips the processor rejects."""
+    proc = AudioProcessor(cfg or AudioConfig())
+    total, total_sq, count = 0.0, 0.0, 0
+    for c in clips:
+        if isinstance(c, dict) and "audio" in c:
+            c, sr = c["audio"], c.get("sampling_rate", sampling_rate)
+        else:
+            sr = sampling_rate
+        try:
+            f = proc.log_mel(c, sr).double()
+        except ValueError:
+            if skip_errors:
+                continue
+            raise
+        total += float(f.sum())
+        total_sq += float((f * f).sum())
+        count += f.numel()
+    if count == 0:
+        raise ValueError("no audio to compute statistics from")
+    mean = total / count
+    return mean, max(total_sq / count - mean * mean, 1e-12) ** 0.5
+
+
+# ----------------------------------------------------------------------------- embedding
+class AudioPatchEmbed(nn.Module):
+    """(B, F, T) log-mel -> (B, N, D) patch tokens (frequency-major) + fixed 2-D sin-cos positions."""
+
+    def __init__(self, cfg: AudioConfig, dim: int, add_positions: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.grid = cfg.grid
+        self.num_tokens = self.grid[0] * self.grid[1]
+        self.dim = dim
+        self.add_positions = add_positions
+        self.proj = nn.Conv2d(1, dim, kernel_size=cfg.patch, stride=cfg.patch)
+        self.register_buffer("pos_embed", sincos_2d(dim, *self.grid).unsqueeze(0), persistent=True)  # (1, N, D)
+        self.register_buffer("coords", self.grid_coords(), persistent=False)  # (N, 2) (freq, time)
+
+    def grid_coords(self) -> torch.Tensor:
+        f = torch.arange(self.grid[0]).repeat_interleave(self.grid[1])
+        t = torch.arange(self.grid[1]).repeat(self.grid[0])
+        return torch.stack([f, t], 1)
+
+    def reset_buffers(self) -> None:
+        from transformers import initialization as init
+
+        init.copy_(self.pos_embed, sincos_2d(self.dim, *self.grid).unsqueeze(0))
+        self.coords = self.grid_coords().to(self.pos_embed.device)
+
+    def position_table(self, dim: int) -> torch.Tensor:
+        return sincos_2d(dim, *self.grid)  # (N, dim)
+
+    def forward(self, input_features: torch.Tensor) -> torch.Tensor:
+        expected = (self.cfg.num_mel_bins, self.cfg.max_frames)
+        if input_features.dim() != 3 or tuple(input_features.shape[1:]) != expected:
+            raise ValueError(f"input_features must have shape (B, {expected[0]}, {expected[1]}), got "
+                             f"{tuple(input_features.shape)}; use AudioProcessor to prepare audio")
+        x = self.proj(input_features.unsqueeze(1).to(self.proj.weight.dtype))  # (B, D, Fg, Tg)
+        x = x.flatten(2).transpose(1, 2)  # (B, N, D)
+        return x + self.pos_embed if self.add_positions else x
+
+
+# ----------------------------------------------------------------------------- mask samplers
+def _valid_columns(valid: torch.Tensor | None, b: int, grid: tuple[int, int]) -> torch.Tensor:
+    """Time-patch columns of sample ``b`` that hold real frames -> (Tv,) int64."""
+    if valid is None:
+        return torch.arange(grid[1])
+    return valid[b].reshape(grid).any(0).nonzero().squeeze(1)
+
+
+def _pack_groups(groups: list[list[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per sample, M index rows of any length -> (B, M, K) padded with 0, validity (or None)."""
+    B, M = len(groups), len(groups[0])
+    flat, valid = pack_indices([r for g in groups for r in g])
+    return flat.reshape(B, M, -1), (None if valid is None else valid.reshape(B, M, -1))
+
+
+def _mask_set(contexts: list[torch.Tensor], targets: list[list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+    context, cv = pack_indices(contexts)
+    target, tv = _pack_groups(targets)
+    out = {"context": context, "target": target}
+    if cv is not None:
+        out["context_valid"] = cv
+    if tv is not None:
+        out["target_valid"] = tv
+    return out
+
+
+@dataclass
+class TimeFrequencyBlocks:
+    """A-JEPA-style time-frequency masking on an (F, T) patch grid.
+
+    ``num_time_targets`` blocks span every frequency over a run of time patches (``time_scale`` of
+    the sample's real time patches); ``num_freq_targets`` blocks span every real time patch over a
+    run of frequency patches (``freq_scale`` of F). Each block is one target group; the context is
+    every real token outside the targets. Scales are drawn once per batch, positions per sample.
+    """
+
+    grid: tuple[int, int]
+    num_time_targets: int = 2
+    num_freq_targets: int = 2
+    time_scale: tuple[float, float] = (0.1, 0.25)
+    freq_scale: tuple[float, float] = (0.1, 0.25)
+
+    def __post_init__(self):
+        self.grid = (int(self.grid[0]), int(self.grid[1]))
+        if self.num_time_targets < 0 or self.num_freq_targets < 0 or self.num_time_targets + self.num_freq_targets < 1:
+            raise ValueError("need at least one time or frequency target block")
+        if self.num_freq_targets and self.grid[0] < 2:
+            raise ValueError(f"frequency blocks need at least 2 frequency patches, got a grid of {self.grid}")
+        for name in ("time_scale", "freq_scale"):
+            lo, hi = getattr(self, name)
+            if not 0.0 < lo <= hi < 1.0:
+                raise ValueError(f"{name} must satisfy 0 < min <= max < 1, got {(lo, hi)}")
+
+    def __call__(self, batch_size: int, generator: torch.Generator, valid: torch.Tensor | None = None,
+                 **_: Any) -> dict[str, torch.Tensor]:
+        g = generator
+        Fg, Tg = self.grid
+        r_t, r_f = torch.rand(2, generator=g).tolist()
+        s_t = self.time_scale[0] + r_t * (self.time_scale[1] - self.time_scale[0])
+        s_f = self.freq_scale[0] + r_f * (self.freq_scale[1] - self.freq_scale[0])
+        h = min(max(1, round(s_f * Fg)), Fg - 1)
+        contexts, targets = [], []
+        for b in range(batch_size):
+            cols = _valid_columns(valid, b, self.grid)  # (Tv,)
+            Tv = len(cols)
+            if Tv == 0:
+                raise ValueError(f"sample {b} has no real tokens")
+            blocks = []  # (Fg, Tg) bool per target group
+            w = min(max(1, round(s_t * Tv)), max(Tv - 1, 1))
+            for _ in range(self.num_time_targets):
+                m = torch.zeros(Fg, Tg, dtype=torch.bool)
+                if Tv > 1:  # a one-patch clip has no time block that leaves context
+                    start = int(torch.randint(0, Tv - w + 1, (1,), generator=g))
+                    m[:, cols[start : start + w]] = True
+                blocks.append(m)
+            for _ in range(self.num_freq_targets):
+                m = torch.zeros(Fg, Tg, dtype=torch.bool)
+                start = int(torch.randint(0, Fg - h + 1, (1,), generator=g))
+                m[start : start + h, cols] = True
+                blocks.append(m)
+            real = torch.zeros(Fg, Tg, dtype=torch.bool)
+            real[:, cols] = True
+            ctx = real & ~torch.stack(blocks).any(0)
+            while not ctx.any():  # the targets cover everything: give back the last non-empty block
+                last = max(i for i, m in enumerate(blocks) if m.any())
+                blocks[last] = torch.zeros_like(blocks[last])
+                ctx = real & ~torch.stack(blocks).any(0)
+            contexts.append(ctx.flatten().nonzero().squeeze(1))
+            targets.append([m.flatten().nonzero().squeeze(1) for m in blocks])
+        return _mask_set(contexts, targets)
+
+
+@dataclass
+class ValidMultiBlock:
+    """I-JEPA multi-block masking restricted to each sample's real time patches: the blocks are
+    placed on the sample's own (F, Tv) sub-grid (``MultiBlock2D``) and mapped back to the full grid."""
+
+    grid: tuple[int, int]
+    num_targets: int = 4
+    target_scale: tuple[float, float] = (0.15, 0.2)
+    target_aspect: tuple[float, float] = (0.75, 1.5)
+    context_scale: tuple[float, float] = (0.85, 1.0)
+    min_keep: int = 4
+
+    def __post_init__(self):
+        self.grid = (int(self.grid[0]), int(self.grid[1]))
+        self._samplers: dict[int, MultiBlock2D] = {}
+        self.full = MultiBlock2D(self.grid, self.num_targets, self.target_scale, self.target_aspect,
+                                 self.context_scale, min_keep=self.min_keep)
+
+    def _sub(self, Tv: int) -> MultiBlock2D:
+        if Tv not in self._samplers:
+            # small sub-grids cannot honour min_keep: keep at least one token per block there
+            keep = max(0, min(self.min_keep, int(0.1 * self.grid[0] * Tv) - 1))
+            self._samplers[Tv] = MultiBlock2D((self.grid[0], Tv), self.num_targets, self.target_scale,
+                                              self.target_aspect, self.context_scale, min_keep=keep)
+        return self._samplers[Tv]
+
+    def __call__(self, batch_size: int, generator: torch.Generator, valid: torch.Tensor | None = None,
+                 **_: Any) -> dict[str, torch.Tensor]:
+        if valid is None or bool(valid.all()):
+            return self.full(batch_size, generator)
+        Fg, Tg = self.grid
+        contexts, targets = [], []
+        for b in range(batch_size):
+            cols = _valid_columns(valid, b, self.grid)
+            Tv = len(cols)
+            if Tv < 2:  # one time patch: each target is one random frequency patch of it
+                perm = torch.randperm(Fg, generator=generator)
+                n = min(self.num_targets, Fg - 1)
+                tg = [perm[i % n : i % n + 1] * Tg + cols[0] for i in range(self.num_targets)]
+                contexts.append(perm[n:].sort().values * Tg + cols[0])
+                targets.append(tg)
+                continue
+            ms = self._sub(Tv)(1, generator)
+
+            def remap(i: torch.Tensor) -> torch.Tensor:
+                return (i // Tv) * Tg + cols[i % Tv]
+
+            tg = [remap(t) for t in ms["target"][0]]
+            # on tiny sub-grids I-JEPA's placement may give up on avoiding the targets: drop them
+            # from the context, giving back target groups while that would leave it empty
+            ctx = remap(ms["context"][0])
+            while True:
+                left = ctx[~torch.isin(ctx, torch.cat(tg))]
+                if len(left):
+                    break
+                tg[max(i for i, t in enumerate(tg) if len(t))] = tg[0][:0]
+            contexts.append(left)
+            targets.append(tg)
+        return _mask_set(contexts, targets)
+
+
+# ----------------------------------------------------------------------------- plug-in
+@register_modality
+class AudioModality(Modality):
+    name = "audio"
+    input_key = "input_features"
+    config_class = AudioConfig
+
+    @classmethod
+    def build_embed(cls, cfg: AudioConfig, dim: int, add_positions: bool = True) -> nn.Module:
+        return AudioPatchEmbed(cfg, dim, add_positions)
+
+    @classmethod
+    def build_processor(cls, cfg: AudioConfig) -> AudioProcessor:
+        return AudioProcessor(cfg)
+
+    @classmethod
+    def build_mask_sampler(cls, cfg: AudioConfig):
+        if cfg.mask == "multiblock":
+            return ValidMultiBlock(cfg.grid, cfg.num_targets, cfg.target_scale, cfg.target_aspect,
+                                   cfg.context_scale, cfg.min_keep)
+        return TimeFrequencyBlocks(cfg.grid, cfg.num_time_targets, cfg.num_freq_targets, cfg.time_scale,
+                                   cfg.freq_scale)
+
+    @classmethod
+    def valid_tokens(cls, batch: dict[str, Any], embed: nn.Module) -> torch.Tensor | None:
+        valid = batch.get("input_features_valid")
+        return None if valid is None else valid.bool()
+
+    @classmethod
+    def collate(cls, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Stack per-sample ``input_features`` (F, T) and, when present, ``input_features_valid`` (N,)."""
+        out = {"input_features": torch.stack([torch.as_tensor(s["input_features"]).float() for s in samples])}
+        has_valid = [s.get("input_features_valid") is not None for s in samples]
+        if any(has_valid):
+            if not all(has_valid):
+                raise ValueError("either every sample or none must have input_features_valid")
+            out["input_features_valid"] = torch.stack([torch.as_tensor(s["input_features_valid"]).bool()
+                                                       for s in samples])
+        return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mmjepa.modalities.audio stats FILE... [--sample-rate 16000]``: print the log-mel
+    mean/std to use as ``AudioConfig(mean=..., std=...)``."""
+    parser = argparse.ArgumentParser(prog="python -m mmjepa.modalities.audio")
+    sub = parser.add_subparsers(dest="command", required=True)
+    st = sub.add_parser("stats", help="log-mel normalisation statistics of audio files")
+    st.add_argument("files", nargs="+")
+    st.add_argument("--num-mel-bins", type=int, default=128)
+    args = parser.parse_args(argv)
+    mean, std = compute_normalization_stats(args.files, AudioConfig(num_mel_bins=args.num_mel_bins))
+    print(json.dumps({"mean": mean, "std": std}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
