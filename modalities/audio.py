@@ -23,10 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmjepa.layers import sincos_2d
 from mmjepa.masking import MultiBlock2D
 
-from .base import Modality, register_modality
+from .base import GridPatchEmbed, Modality, register_modality
 from .text import pack_indices
 
 AST_MEAN, AST_STD = -4.2677393, 4.5689974  # AudioSet log-mel statistics used by AST
@@ -247,42 +246,19 @@ def compute_normalization_stats(clips: Iterable[Any], cfg: AudioConfig | None = 
 
 
 # ----------------------------------------------------------------------------- embedding
-class AudioPatchEmbed(nn.Module):
+class AudioPatchEmbed(GridPatchEmbed):
     """(B, F, T) log-mel -> (B, N, D) patch tokens (frequency-major) + fixed 2-D sin-cos positions."""
 
     def __init__(self, cfg: AudioConfig, dim: int, add_positions: bool = True):
-        super().__init__()
+        super().__init__(cfg.grid, 1, cfg.patch, dim, add_positions)
         self.cfg = cfg
-        self.grid = cfg.grid
-        self.num_tokens = self.grid[0] * self.grid[1]
-        self.dim = dim
-        self.add_positions = add_positions
-        self.proj = nn.Conv2d(1, dim, kernel_size=cfg.patch, stride=cfg.patch)
-        self.register_buffer("pos_embed", sincos_2d(dim, *self.grid).unsqueeze(0), persistent=True)  # (1, N, D)
-        self.register_buffer("coords", self.grid_coords(), persistent=False)  # (N, 2) (freq, time)
-
-    def grid_coords(self) -> torch.Tensor:
-        f = torch.arange(self.grid[0]).repeat_interleave(self.grid[1])
-        t = torch.arange(self.grid[1]).repeat(self.grid[0])
-        return torch.stack([f, t], 1)
-
-    def reset_buffers(self) -> None:
-        from transformers import initialization as init
-
-        init.copy_(self.pos_embed, sincos_2d(self.dim, *self.grid).unsqueeze(0))
-        self.coords = self.grid_coords().to(self.pos_embed.device)
-
-    def position_table(self, dim: int) -> torch.Tensor:
-        return sincos_2d(dim, *self.grid)  # (N, dim)
 
     def forward(self, input_features: torch.Tensor) -> torch.Tensor:
         expected = (self.cfg.num_mel_bins, self.cfg.max_frames)
         if input_features.dim() != 3 or tuple(input_features.shape[1:]) != expected:
             raise ValueError(f"input_features must have shape (B, {expected[0]}, {expected[1]}), got "
                              f"{tuple(input_features.shape)}; use AudioProcessor to prepare audio")
-        x = self.proj(input_features.unsqueeze(1).to(self.proj.weight.dtype))  # (B, D, Fg, Tg)
-        x = x.flatten(2).transpose(1, 2)  # (B, N, D)
-        return x + self.pos_embed if self.add_positions else x
+        return self.tokens(input_features.unsqueeze(1))  # (B, N, D), N = Fg * Tg frequency-major
 
 
 # ----------------------------------------------------------------------------- mask samplers

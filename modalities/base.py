@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from mmjepa.layers import sincos_2d
+
 _REGISTRY: dict[str, type["Modality"]] = {}
 
 
@@ -82,3 +84,44 @@ def registered_modalities() -> list[str]:
     """Names of every registered modality (the built-in ones included)."""
     from mmjepa import modalities as _builtin  # noqa: F401
     return sorted(_REGISTRY)
+
+
+class GridPatchEmbed(nn.Module):
+    """Shared part of the 2-D patch embeddings (image pixels, spectrograms): a strided ``proj`` conv
+    over a (rows, cols) token grid plus fixed 2-D sin-cos positions.
+
+    ``proj`` and ``pos_embed`` correspond 1:1 to ``patch_embed.proj`` and ``pos_embed`` of I-JEPA /
+    timm ViTs (``pos_embed`` is a persistent buffer so a checkpoint's table is loaded as it is).
+    Subclasses check their input's shape and call :meth:`tokens`.
+    """
+
+    def __init__(self, grid: tuple[int, int], in_channels: int, patch: int | tuple[int, int], dim: int,
+                 add_positions: bool = True):
+        super().__init__()
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.num_tokens = self.grid[0] * self.grid[1]
+        self.dim = dim
+        self.add_positions = add_positions
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch, stride=patch)
+        self.register_buffer("pos_embed", self.position_table(dim).unsqueeze(0), persistent=True)  # (1, N, D)
+        self.register_buffer("coords", self.grid_coords(), persistent=False)  # (N, 2) (row, col)
+
+    def grid_coords(self) -> torch.Tensor:
+        rows = torch.arange(self.grid[0]).repeat_interleave(self.grid[1])
+        cols = torch.arange(self.grid[1]).repeat(self.grid[0])
+        return torch.stack([rows, cols], 1)
+
+    def position_table(self, dim: int) -> torch.Tensor:
+        return sincos_2d(dim, *self.grid)  # (N, dim)
+
+    def reset_buffers(self) -> None:
+        """(Re)compute the fixed tables (called by weight init; a loaded ``pos_embed`` is kept)."""
+        from transformers import initialization as init
+
+        init.copy_(self.pos_embed, self.position_table(self.dim).unsqueeze(0))
+        self.coords = self.grid_coords().to(self.pos_embed.device)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, N, D) row-major patch tokens, positions added unless disabled."""
+        x = self.proj(x.to(self.proj.weight.dtype)).flatten(2).transpose(1, 2)  # (B, N, D)
+        return x + self.pos_embed if self.add_positions else x

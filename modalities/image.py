@@ -10,10 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmjepa.layers import sincos_2d
 from mmjepa.masking import MultiBlock2D, RandomPatch
 
-from .base import Modality, register_modality
+from .base import GridPatchEmbed, Modality, register_modality
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -65,38 +64,12 @@ class ImageConfig:
         return h // self.patch_size, w // self.patch_size
 
 
-class PatchEmbed(nn.Module):
-    """(B, C, H, W) pixels -> (B, N, D) patch tokens with fixed 2-D sin-cos positions added.
-
-    ``proj`` and ``pos_embed`` correspond 1:1 to ``patch_embed.proj`` and ``pos_embed`` of I-JEPA /
-    timm ViTs (``pos_embed`` is a persistent buffer so a checkpoint's table is loaded as it is).
-    """
+class PatchEmbed(GridPatchEmbed):
+    """(B, C, H, W) pixels -> (B, N, D) patch tokens with fixed 2-D sin-cos positions added."""
 
     def __init__(self, cfg: ImageConfig, dim: int, add_positions: bool = True):
-        super().__init__()
+        super().__init__(cfg.grid, cfg.num_channels, cfg.patch_size, dim, add_positions)
         self.cfg = cfg
-        self.grid = cfg.grid
-        self.num_tokens = self.grid[0] * self.grid[1]
-        self.proj = nn.Conv2d(cfg.num_channels, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
-        self.dim = dim
-        self.add_positions = add_positions
-        self.register_buffer("pos_embed", sincos_2d(dim, *self.grid).unsqueeze(0), persistent=True)  # (1, N, D)
-        self.register_buffer("coords", self.grid_coords(), persistent=False)  # (N, 2) (row, col)
-
-    def grid_coords(self) -> torch.Tensor:
-        rows = torch.arange(self.grid[0]).repeat_interleave(self.grid[1])
-        cols = torch.arange(self.grid[1]).repeat(self.grid[0])
-        return torch.stack([rows, cols], 1)
-
-    def reset_buffers(self) -> None:
-        """(Re)compute the fixed tables (called by weight init; a loaded ``pos_embed`` is kept)."""
-        from transformers import initialization as init
-
-        init.copy_(self.pos_embed, sincos_2d(self.dim, *self.grid).unsqueeze(0))
-        self.coords = self.grid_coords().to(self.pos_embed.device)
-
-    def position_table(self, dim: int) -> torch.Tensor:
-        return sincos_2d(dim, *self.grid)  # (N, dim)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         expected = (self.cfg.num_channels, *_pair(self.cfg.image_size))
@@ -105,8 +78,7 @@ class PatchEmbed(nn.Module):
                 f"pixel_values must have shape (B, {expected[0]}, {expected[1]}, {expected[2]}), "
                 f"got {tuple(pixel_values.shape)}; use MMJepaProcessor / ImageProcessor to prepare images"
             )
-        x = self.proj(pixel_values.to(self.proj.weight.dtype)).flatten(2).transpose(1, 2)  # (B, N, D)
-        return x + self.pos_embed if self.add_positions else x
+        return self.tokens(pixel_values)
 
 
 class ImageProcessor:

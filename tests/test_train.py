@@ -18,13 +18,7 @@ from mmjepa.train import list_checkpoints, load_recipe, main, train
 FIXED_MASKS = {"num_targets": 1, "target_scale": [1.0, 1.0], "context_scale": [1.0, 1.0], "allow_overlap": True}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest (and steadiest on a busy machine) on one intra-op thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_recipe(tmp_path, name: str = "run", **sections) -> dict:
