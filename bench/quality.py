@@ -83,7 +83,7 @@ class BertRun:
     wall-clock under the same machine load (the CPU may be shared with other jobs).
     """
 
-    def __init__(self, recipe: Any, config: Any, mask_id: int):
+    def __init__(self, recipe: Any, config: Any, mask_id: int, lr: float | None = None):
         from transformers import BertForMaskedLM
 
         from mmjepa.data import DataPipeline, DataStream
@@ -94,7 +94,8 @@ class BertRun:
         self.recipe, self.mask_id = recipe, mask_id
         self.model = BertForMaskedLM(config).train()
         o = recipe.optim
-        self.opt = build_optimizer(self.model, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
+        self.lr = o.lr if lr is None else lr  # peak lr; start/final lr scale with it
+        self.opt = build_optimizer(self.model, lr=self.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
         self.stream = DataStream(DataPipeline(recipe.data, recipe.model_config()))
         self.total = recipe.train.max_steps  # re-fitted to BERT's own speed after 20 steps
         self.step, self.losses, self.history = 0, [], []
@@ -105,7 +106,8 @@ class BertRun:
 
         t0 = time.perf_counter()
         o = self.recipe.optim
-        lr = cosine_with_warmup(self.step, self.total, o.warmup_steps, o.start_lr, o.lr, o.final_lr)
+        k = self.lr / o.lr
+        lr = cosine_with_warmup(self.step, self.total, o.warmup_steps, k * o.start_lr, self.lr, k * o.final_lr)
         set_hyperparams(self.opt, lr, cosine(self.step, self.total, o.weight_decay, o.final_weight_decay))
         ids, att, labels = _bert_inputs(next(self.stream), self.mask_id)
         loss = self.model(input_ids=ids, attention_mask=att, labels=labels).loss
@@ -173,7 +175,7 @@ def bench_shakespeare(args: argparse.Namespace) -> dict[str, Any]:
         nonlocal bert_run
         clock["mmjepa"] += time.perf_counter() - clock["mark"]  # mmjepa's time since BERT last stopped
         if bert_run is None:
-            bert_run = BertRun(recipe, bert_cfg, tok.mask_token_id)
+            bert_run = BertRun(recipe, bert_cfg, tok.mask_token_id, args.bert_lr)
         bert_run.catch_up(clock["mmjepa"], step)
         clock["mark"] = time.perf_counter()
 
@@ -212,7 +214,7 @@ def bench_shakespeare(args: argparse.Namespace) -> dict[str, Any]:
         "held_out_chunks": len(chunks), "held_out_masked_tokens": res_m["num_masked"],
         "params": {"mmjepa_trainable": n_mmjepa, "mmjepa_with_ema_target": sum(p.numel() for p in model.parameters()),
                    "bert": _trainable(bert)},
-        "bert_layers": bert_cfg.num_hidden_layers,
+        "bert_layers": bert_cfg.num_hidden_layers, "lr": {"mmjepa": recipe.optim.lr, "bert": bert_run.lr},
         "wall_clock_s": {"mmjepa": clock["mmjepa"], "bert": bert_run_info["elapsed_s"],
                          "mmjepa_trainer_elapsed_incl_final_save": result.elapsed_s},
         "steps": {"mmjepa": result.steps, "bert": bert_run_info["steps"],
@@ -248,11 +250,30 @@ def _features(samples: list[dict[str, Any]], proc: Any) -> tuple[torch.Tensor, t
 
 
 @torch.no_grad()
-def _embed(model: Any, feats: torch.Tensor, valid: torch.Tensor, batch: int = 128) -> np.ndarray:
+def _embed(model: Any, feats: torch.Tensor, valid: torch.Tensor, grid: tuple[int, int],
+           batch: int = 128) -> dict[str, np.ndarray]:
+    """Frozen target-encoder features of each clip, pooled two ways over its real tokens:
+
+    ``freq_rows``: the time-mean of each frequency row of the (F, T) token grid, concatenated -> (n, F*D);
+    the frequency-resolved, time-averaged view that the log-mel baseline also gets (patch tokens
+    carry their frequency band only through the position embedding, which a global mean cancels).
+    ``mean``: the mean over all real tokens -> (n, D), ``model.embed``'s pooling.
+    """
     model.eval()
-    out = [model.embed(input_features=feats[i : i + batch], input_features_valid=valid[i : i + batch],
-                       normalize=False)["audio"] for i in range(0, len(feats), batch)]
-    return torch.cat(out).numpy()
+    rows, means = [], []
+    for i in range(0, len(feats), batch):
+        v = valid[i : i + batch]
+        h = model.encode(input_features=feats[i : i + batch], input_features_valid=v)["audio"]  # (B, F*T, D)
+        w = v.unsqueeze(-1).to(h.dtype)  # (B, F*T, 1)
+        means.append((h * w).sum(1) / w.sum(1).clamp_min(1.0))
+        hg, wg = (h * w).unflatten(1, grid), w.unflatten(1, grid)  # (B, F, T, D), (B, F, T, 1)
+        rows.append((hg.sum(2) / wg.sum(2).clamp_min(1.0)).flatten(1))  # (B, F*D)
+    return {"freq_rows": torch.cat(rows).numpy(), "mean": torch.cat(means).numpy()}
+
+
+def _probes(model: Any, train: tuple, test: tuple, grid: tuple[int, int]) -> dict[str, float]:
+    a, b = _embed(model, *train[:2], grid), _embed(model, *test[:2], grid)
+    return {k: _probe(a[k], train[2], b[k], test[2]) for k in a}
 
 
 def _logmel_pool(feats: torch.Tensor, valid: torch.Tensor, grid: tuple[int, int], pt: int) -> np.ndarray:
@@ -287,12 +308,18 @@ def bench_fsdd(args: argparse.Namespace) -> dict[str, Any]:
     te_f, te_v, te_y = _features(test_set, proc)
     torch.manual_seed(args.seed)
     random_model = MMJepaModel(cfg)
+    train_d, test_d = (tr_f, tr_v, tr_y), (te_f, te_v, te_y)
+    trained, rand = _probes(result.model, train_d, test_d, acfg.grid), _probes(random_model, train_d, test_d, acfg.grid)
     res = {
         "benchmark": "fsdd",
-        "probe_acc": _probe(_embed(result.model, tr_f, tr_v), tr_y, _embed(result.model, te_f, te_v), te_y),
-        "random_probe_acc": _probe(_embed(random_model, tr_f, tr_v), tr_y, _embed(random_model, te_f, te_v), te_y),
+        "probe_acc": trained["freq_rows"],
+        "random_probe_acc": rand["freq_rows"],
         "logmel_probe_acc": _probe(_logmel_pool(tr_f, tr_v, acfg.grid, acfg.patch[1]), tr_y,
                                    _logmel_pool(te_f, te_v, acfg.grid, acfg.patch[1]), te_y),
+        "probe_acc_global_mean": trained["mean"],
+        "random_probe_acc_global_mean": rand["mean"],
+        "pooling": "time-mean of each frequency row of target-encoder tokens, concatenated (log-mel: "
+                   "time-mean of each mel bin); *_global_mean: mean over all tokens",
         "train_clips": len(train_set), "test_clips": len(test_set),
         "norm_mean": mean, "norm_std": std,
         "steps": result.steps, "wall_clock_s": result.elapsed_s, "batch_size": recipe.data.batch_size,
@@ -313,8 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default="runs/bench_quality", help="tokenizer, checkpoints, exports")
     parser.add_argument("--steps", type=int, default=None, help="override train.max_steps of the recipe")
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out masks / random encoder")
+    parser.add_argument("--bert-lr", type=float, default=None,
+                        help="shakespeare: BERT's peak learning rate (default: the recipe's, as mmjepa's)")
     parser.add_argument("override", nargs="*", default=[], help="recipe overrides, key=value")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
     t0 = time.perf_counter()
     res = BENCHES[args.bench](args)
     res["total_s"] = time.perf_counter() - t0

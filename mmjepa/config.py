@@ -36,6 +36,10 @@ class MMJepaConfig(PreTrainedConfig):
         position_embedding: ``"sincos"`` (fixed, added to tokens, as I-JEPA) or ``"rope"``.
         loss_type: ``"smooth_l1"`` (I-JEPA), ``"l1"`` (V-JEPA) or ``"l2"``.
         ema_momentum_start, ema_momentum_end: the target encoders' EMA momentum, scheduled linearly.
+        sigreg_weight: weight of the SIGReg regulariser (LeJEPA) on the context encoders' outputs,
+            added to the loss (0 = off, the I-JEPA objective). ``sigreg_on``: ``"samples"`` (each
+            sample's mean context token) or ``"tokens"`` (every real context token);
+            ``sigreg_num_slices``: random projections per step.
         initializer_range: std of the truncated-normal weight init.
     """
 
@@ -57,6 +61,9 @@ class MMJepaConfig(PreTrainedConfig):
         loss_type: str = "smooth_l1",
         ema_momentum_start: float = 0.996,
         ema_momentum_end: float = 1.0,
+        sigreg_weight: float = 0.0,
+        sigreg_on: str = "samples",
+        sigreg_num_slices: int = 256,
         initializer_range: float = 0.02,
         **kwargs,
     ):
@@ -74,6 +81,9 @@ class MMJepaConfig(PreTrainedConfig):
         self.loss_type = loss_type
         self.ema_momentum_start = ema_momentum_start
         self.ema_momentum_end = ema_momentum_end
+        self.sigreg_weight = sigreg_weight
+        self.sigreg_on = sigreg_on
+        self.sigreg_num_slices = sigreg_num_slices
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
         self.validate_values()
@@ -84,6 +94,9 @@ class MMJepaConfig(PreTrainedConfig):
             raise ValueError("modalities must name at least one modality")
         if self.loss_type not in LOSSES:
             raise ValueError(f"loss_type must be one of {LOSSES}, got {self.loss_type!r}")
+        if self.sigreg_weight < 0 or self.sigreg_on not in ("samples", "tokens") or self.sigreg_num_slices < 1:
+            raise ValueError("need sigreg_weight >= 0, sigreg_on in ('samples', 'tokens') and sigreg_num_slices >= 1, "
+                             f"got {self.sigreg_weight}, {self.sigreg_on!r}, {self.sigreg_num_slices}")
         if self.position_embedding not in POSITIONS:
             raise ValueError(f"position_embedding must be one of {POSITIONS}, got {self.position_embedding!r}")
         for width, heads, name in (

@@ -33,3 +33,27 @@ def collapse_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torc
     p = pred.detach().float().reshape(-1, pred.shape[-1])
     t = target.detach().float().reshape(-1, target.shape[-1])
     return {"pred_std": p.std(0).mean(), "target_std": t.std(0).mean()}
+
+
+def sigreg(z: torch.Tensor, num_slices: int = 256, num_points: int = 17, t_max: float = 3.0,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """SIGReg (LeJEPA, Balestriero & LeCun 2025): push embeddings z (N, D) towards an isotropic
+    standard Gaussian, the distribution that minimises downstream prediction risk.
+
+    Projects z on ``num_slices`` random unit directions and, for each 1-D projection, compares its
+    empirical characteristic function with the Gaussian's (Epps-Pulley statistic, integrated with a
+    Gaussian weight over t in [0, t_max] by the trapezoid rule; the imaginary part of the target is
+    0). Returns the mean statistic over slices, scaled by N as the test statistic is.
+    """
+    if z.dim() != 2 or z.shape[0] < 2:
+        raise ValueError(f"sigreg needs (N >= 2, D) embeddings, got {tuple(z.shape)}")
+    z = z.float()
+    dirs = torch.randn(z.shape[1], num_slices, generator=generator, device=z.device)
+    dirs = dirs / dirs.norm(dim=0, keepdim=True)  # (D, S) unit columns
+    x = z @ dirs  # (N, S)
+    t = torch.linspace(0.0, t_max, num_points, device=z.device)  # (P,)
+    xt = x.unsqueeze(-1) * t  # (N, S, P)
+    gauss = torch.exp(-0.5 * t**2)  # characteristic function of N(0, 1) and the weight
+    err = (xt.cos().mean(0) - gauss) ** 2 + xt.sin().mean(0) ** 2  # (S, P)
+    stat = torch.trapezoid(err * gauss, t, dim=-1)  # (S,)
+    return stat.mean() * z.shape[0]

@@ -17,7 +17,7 @@ from .config import MMJepaConfig
 from .ema import ema_update, momentum_at
 from .encoder import Encoder
 from .layers import RotaryEmbedding, Transformer, gather_tokens
-from .losses import collapse_metrics, latent_loss
+from .losses import collapse_metrics, latent_loss, sigreg
 from .modalities import get_modality
 from .predictor import Predictor
 
@@ -177,6 +177,11 @@ class MMJepaModel(MMJepaPreTrainedModel):
             if name == "text" and self.text_readout is not None:  # cross-entropy on the masked tokens
                 readout_loss, metrics["text/mlm_acc"] = self.text_readout.loss(pred, inputs[name], tidx, tv)
         loss = torch.stack(list(losses.values())).mean()
+        if self.config.sigreg_weight > 0:  # LeJEPA's anti-collapse regulariser on the context latents
+            for name, z, _, cv in context:
+                reg = sigreg(_sigreg_inputs(z, cv, self.config.sigreg_on), self.config.sigreg_num_slices)
+                losses[f"{name}_sigreg"] = reg
+                loss = loss + self.config.sigreg_weight * reg / len(context)
         if "text" in masks and self.text_readout is not None:
             losses["text_mlm"] = readout_loss
             loss = loss + self.text_readout.cfg.readout_weight * readout_loss
@@ -209,6 +214,16 @@ class MMJepaModel(MMJepaPreTrainedModel):
                 pooled = (h * w).sum(1) / w.sum(1).clamp_min(1.0)
             out[name] = F.normalize(pooled, dim=-1) if normalize else pooled
         return out
+
+
+def _sigreg_inputs(z: torch.Tensor, valid: torch.Tensor | None, on: str) -> torch.Tensor:
+    """Context latents (B, K, D) -> the rows SIGReg regularises: (B, D) sample means or (n, D) real tokens."""
+    if on == "tokens":
+        return z.reshape(-1, z.shape[-1]) if valid is None else z[valid]
+    if valid is None:
+        return z.mean(1)
+    w = valid.unsqueeze(-1).to(z.dtype)
+    return (z * w).sum(1) / w.sum(1).clamp_min(1.0)
 
 
 def compile_model(model: MMJepaModel, **compile_kwargs: Any) -> MMJepaModel:

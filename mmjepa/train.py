@@ -820,7 +820,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("recipe", help="recipe YAML file")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     p.add_argument("--print", action="store_true", help="print the resolved recipe and exit")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides before or after the options
     try:
         recipe = load_recipe(args.recipe, args.overrides)
     except (ValueError, FileNotFoundError) as err:

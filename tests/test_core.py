@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mmjepa import MMJepaConfig, MMJepaModel
 from mmjepa.ema import momentum_at
 from mmjepa.layers import gather_tokens
-from mmjepa.losses import latent_loss
+from mmjepa.losses import latent_loss, sigreg
 from mmjepa.masking import MaskCollator
 from mmjepa.modalities import get_modality
 from mmjepa.optim import build_optimizer, param_groups
@@ -150,6 +150,35 @@ def test_losses(kind):
     assert torch.allclose(latent_loss(p, t2, kind, valid), latent_loss(p[:, :3], t[:, :3], kind), atol=1e-6)
 
 
+@pytest.mark.parametrize("bad, factor", [("scaled", 0.1), ("shifted", None), ("collapsed", None)])
+def test_sigreg_is_small_only_for_a_standard_gaussian(bad, factor):
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(512, 32, generator=g)
+    good = sigreg(z, generator=torch.Generator().manual_seed(1))
+    wrong = {"scaled": z * 0.1, "shifted": z + 1.0, "collapsed": z[:, :1].expand(-1, 32)}[bad]
+    assert good < 1.0 < 10 * good < sigreg(wrong, generator=torch.Generator().manual_seed(1))
+    # its gradient pulls a shrunken batch outwards (the anti-collapse direction)
+    small = (z * 0.1).requires_grad_()
+    sigreg(small, generator=torch.Generator().manual_seed(1)).backward()
+    assert (small.grad * small).sum() < 0
+
+
+@pytest.mark.parametrize("on", ["samples", "tokens"])
+def test_model_sigreg_option_adds_its_loss(on):
+    config = tiny_image_config(sigreg_weight=0.1, sigreg_on=on)
+    model = MMJepaModel(config)
+    batch = make_batch(config)
+    torch.manual_seed(0)
+    out = model(**batch)
+    base = MMJepaModel(tiny_image_config())
+    base.load_state_dict(model.state_dict())
+    plain = base(**batch)
+    assert set(out.losses) == {"image", "image_sigreg"} and out.losses["image_sigreg"] > 0
+    assert torch.allclose(out.loss, plain.loss + 0.1 * out.losses["image_sigreg"], atol=1e-6)
+    out.loss.backward()
+    assert model.encoders["image"].embed.proj.weight.grad is not None
+
+
 @pytest.mark.parametrize("loss_type", ["l1", "l2"])
 def test_model_loss_types(loss_type):
     config = tiny_image_config(loss_type=loss_type)
@@ -212,6 +241,8 @@ def test_no_decay_groups(tiny_config):
         (dict(modalities={"image": {"patchsize": 4}}), "patchsize"),
         (dict(modalities={"image": {"image_size": 30, "patch_size": 4}}), "multiple of patch_size"),
         (dict(ema_momentum_start=1.2), "ema_momentum"),
+        (dict(sigreg_on="patches"), "sigreg"),
+        (dict(sigreg_weight=-1.0), "sigreg"),
     ],
 )
 def test_config_rejects_bad_values(overrides, match):

@@ -184,6 +184,9 @@ def test_cli(tmp_path, capsys):
     assert "trained 2 steps" in capsys.readouterr().out
     assert main([str(path), "train.max_step=2"]) == 2
     assert "train.max_step" in capsys.readouterr().err
+    for argv in ([str(path), "--print", "train.max_steps=3"], [str(path), "train.max_steps=3", "--print"]):
+        assert main(argv) == 0  # overrides may come before or after the options
+        assert yaml.safe_load(capsys.readouterr().out)["train"]["max_steps"] == 3
 
 
 def test_train_accepts_overrides_on_a_recipe(tmp_path):
