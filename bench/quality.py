@@ -170,10 +170,13 @@ def bench_shakespeare(args: argparse.Namespace) -> dict[str, Any]:
           f"{bert_cfg.num_hidden_layers}-layer BERT for the same wall-clock ...", flush=True)
     clock = {"mmjepa": 0.0, "mark": time.perf_counter()}
     bert_run: BertRun | None = None
+    mmjepa_curve: list[dict[str, float]] = []
 
     def interleave(step: int, logs: dict | None) -> None:
         nonlocal bert_run
         clock["mmjepa"] += time.perf_counter() - clock["mark"]  # mmjepa's time since BERT last stopped
+        if logs and "loss/text_mlm" in logs:
+            mmjepa_curve.append({"step": step, "loss": float(logs["loss/text_mlm"]), "elapsed_s": clock["mmjepa"]})
         if bert_run is None:
             bert_run = BertRun(recipe, bert_cfg, tok.mask_token_id, args.bert_lr)
         bert_run.catch_up(clock["mmjepa"], step)
@@ -206,6 +209,9 @@ def bench_shakespeare(args: argparse.Namespace) -> dict[str, Any]:
         return counts.expand(int(m.sum()), -1)
 
     res_u = masked_token_accuracy(unigram_predict, chunks, masks)
+    p = counts / counts.sum()
+    unigram_entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
+    plot = _plot_curves(mmjepa_curve, bert_run_info["history"], unigram_entropy, work / "curves.png")
     return {
         "benchmark": "shakespeare",
         "mmjepa_top1": res_m["top1"], "mmjepa_top5": res_m["top5"],
@@ -222,9 +228,24 @@ def bench_shakespeare(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": recipe.data.batch_size, "max_length": text.max_length, "vocab_size": vocab,
         "mask_ratio": text.mask_ratio, "mean_span": text.mean_span,
         "mmjepa_final_logs": result.history[-1] if result.history else None,
-        "bert_history": bert_run_info["history"][-3:],
+        "curves": {"mmjepa": mmjepa_curve, "bert": bert_run_info["history"], "unigram_entropy": unigram_entropy},
+        "plot": str(plot),
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def _plot_curves(mmjepa: list[dict], bert: list[dict], unigram_entropy: float, path: Path) -> Path:
+    """Training masked-token cross-entropy against each model's own training time -> PNG."""
+    from mmjepa.plot import line_plot
+
+    series = {"mmjepa (JEPA + readout)": ([c["elapsed_s"] for c in mmjepa], [c["loss"] for c in mmjepa]),
+              "BERT MLM": ([c["elapsed_s"] for c in bert], [c["loss"] for c in bert])}
+    ends = [c["elapsed_s"] for c in mmjepa + bert]
+    if ends:
+        series["unigram entropy (train)"] = ([0.0, max(ends)], [unigram_entropy, unigram_entropy])
+    return line_plot({k: v for k, v in series.items() if v[0]}, path,
+                     title="Tiny Shakespeare: masked-token cross-entropy at equal wall-clock",
+                     xlabel="training time (s)", ylabel="cross-entropy (nats)")
 
 
 # ============================================================================ fsdd
