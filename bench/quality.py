@@ -27,6 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmjepa.evaluate import linear_probe
+from mmjepa.layers import masked_mean
+
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
@@ -249,17 +252,6 @@ def _plot_curves(mmjepa: list[dict], bert: list[dict], unigram_entropy: float, p
 
 
 # ============================================================================ fsdd
-def _probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
-    """Test accuracy of a standardised logistic-regression probe."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=1.0))
-    clf.fit(train_x, train_y)
-    return float(clf.score(test_x, test_y))
-
-
 def _features(samples: list[dict[str, Any]], proc: Any) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     feats, valid, labels = [], [], []
     for s in samples:
@@ -285,16 +277,14 @@ def _embed(model: Any, feats: torch.Tensor, valid: torch.Tensor, grid: tuple[int
     for i in range(0, len(feats), batch):
         v = valid[i : i + batch]
         h = model.encode(input_features=feats[i : i + batch], input_features_valid=v)["audio"]  # (B, F*T, D)
-        w = v.unsqueeze(-1).to(h.dtype)  # (B, F*T, 1)
-        means.append((h * w).sum(1) / w.sum(1).clamp_min(1.0))
-        hg, wg = (h * w).unflatten(1, grid), w.unflatten(1, grid)  # (B, F, T, D), (B, F, T, 1)
-        rows.append((hg.sum(2) / wg.sum(2).clamp_min(1.0)).flatten(1))  # (B, F*D)
+        means.append(masked_mean(h, v))  # (B, D)
+        rows.append(masked_mean(h.unflatten(1, grid), v.unflatten(1, grid), dim=2).flatten(1))  # (B, F*D)
     return {"freq_rows": torch.cat(rows).numpy(), "mean": torch.cat(means).numpy()}
 
 
 def _probes(model: Any, train: tuple, test: tuple, grid: tuple[int, int]) -> dict[str, float]:
     a, b = _embed(model, *train[:2], grid), _embed(model, *test[:2], grid)
-    return {k: _probe(a[k], train[2], b[k], test[2]) for k in a}
+    return {k: linear_probe(a[k], train[2], b[k], test[2]) for k in a}
 
 
 def _logmel_pool(feats: torch.Tensor, valid: torch.Tensor, grid: tuple[int, int], pt: int) -> np.ndarray:
@@ -335,7 +325,7 @@ def bench_fsdd(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "fsdd",
         "probe_acc": trained["freq_rows"],
         "random_probe_acc": rand["freq_rows"],
-        "logmel_probe_acc": _probe(_logmel_pool(tr_f, tr_v, acfg.grid, acfg.patch[1]), tr_y,
+        "logmel_probe_acc": linear_probe(_logmel_pool(tr_f, tr_v, acfg.grid, acfg.patch[1]), tr_y,
                                    _logmel_pool(te_f, te_v, acfg.grid, acfg.patch[1]), te_y),
         "probe_acc_global_mean": trained["mean"],
         "random_probe_acc_global_mean": rand["mean"],

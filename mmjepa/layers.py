@@ -159,6 +159,15 @@ def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.size(-1)))
 
 
+def masked_mean(x: torch.Tensor, valid: torch.Tensor | None, dim: int = 1) -> torch.Tensor:
+    """Mean of x (..., D) over ``dim``, counting only entries where ``valid`` (x.shape[:-1], bool) is
+    True (all of them when None); an all-padding slice gives 0."""
+    if valid is None:
+        return x.mean(dim)
+    w = valid.unsqueeze(-1).to(x.dtype)
+    return (x * w).sum(dim) / w.sum(dim).clamp_min(1.0)
+
+
 def key_padding_to_attn_mask(valid: torch.Tensor | None) -> torch.Tensor | None:
     """valid (B, N) bool (True = real token) -> SDPA boolean mask (B, 1, 1, N), or None."""
     if valid is None:

@@ -16,7 +16,7 @@ from transformers.utils import ModelOutput
 from .config import MMJepaConfig
 from .ema import ema_update, momentum_at
 from .encoder import Encoder
-from .layers import RotaryEmbedding, Transformer, gather_tokens
+from .layers import RotaryEmbedding, Transformer, gather_tokens, masked_mean
 from .losses import collapse_metrics, latent_loss, sigreg
 from .modalities import get_modality
 from .predictor import Predictor
@@ -206,12 +206,7 @@ class MMJepaModel(MMJepaPreTrainedModel):
         """Pooled embeddings {name: (B, D)}: mean over real tokens, L2-normalised by default."""
         out = {}
         for name, h in self.encode(use_target=use_target, **batch).items():
-            valid = self._valid(name, batch)
-            if valid is None:
-                pooled = h.mean(1)
-            else:
-                w = valid.unsqueeze(-1).to(h.dtype)
-                pooled = (h * w).sum(1) / w.sum(1).clamp_min(1.0)
+            pooled = masked_mean(h, self._valid(name, batch))  # (B, D)
             out[name] = F.normalize(pooled, dim=-1) if normalize else pooled
         return out
 
@@ -220,10 +215,7 @@ def _sigreg_inputs(z: torch.Tensor, valid: torch.Tensor | None, on: str) -> torc
     """Context latents (B, K, D) -> the rows SIGReg regularises: (B, D) sample means or (n, D) real tokens."""
     if on == "tokens":
         return z.reshape(-1, z.shape[-1]) if valid is None else z[valid]
-    if valid is None:
-        return z.mean(1)
-    w = valid.unsqueeze(-1).to(z.dtype)
-    return (z * w).sum(1) / w.sum(1).clamp_min(1.0)
+    return masked_mean(z, valid)
 
 
 def compile_model(model: MMJepaModel, **compile_kwargs: Any) -> MMJepaModel:

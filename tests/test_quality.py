@@ -40,13 +40,13 @@ def test_bert_baseline_has_the_closest_parameter_count(target):
     from transformers import BertForMaskedLM
 
     cfg = quality.bert_matching(target, vocab=500, hidden=64, heads=4, max_len=64)
-    counts = {}
-    for depth in (cfg.num_hidden_layers - 1, cfg.num_hidden_layers, cfg.num_hidden_layers + 1):
+    chosen = cfg.num_hidden_layers
+
+    def gap(depth: int) -> int:
         cfg.num_hidden_layers = depth
-        counts[depth] = quality._trainable(BertForMaskedLM(cfg))
-    best = min(counts, key=lambda d: abs(counts[d] - target))
-    assert best == depth - 1  # the chosen depth (the middle one)
-    assert abs(counts[best] - target) < (counts[depth] - counts[best])  # within one layer's parameters
+        return abs(quality._trainable(BertForMaskedLM(cfg)) - target)
+
+    assert gap(chosen) < gap(chosen - 1) and gap(chosen) < gap(chosen + 1)
 
 
 def test_bert_inputs_mask_exactly_the_span_targets():
