@@ -420,14 +420,8 @@ class AudioModality(Modality):
     name = "audio"
     input_key = "input_features"
     config_class = AudioConfig
-
-    @classmethod
-    def build_embed(cls, cfg: AudioConfig, dim: int, add_positions: bool = True) -> nn.Module:
-        return AudioPatchEmbed(cfg, dim, add_positions)
-
-    @classmethod
-    def build_processor(cls, cfg: AudioConfig) -> AudioProcessor:
-        return AudioProcessor(cfg)
+    embed_class = AudioPatchEmbed
+    processor_class = AudioProcessor
 
     @classmethod
     def build_mask_sampler(cls, cfg: AudioConfig):

@@ -6,12 +6,14 @@ with :func:`register_modality`. The core (``mmjepa/``) only talks to modalities 
 - ``config_class``: a dataclass of the modality's settings (grid size, patch size, mask sampler ...),
   stored as a plain dict inside :class:`mmjepa.MMJepaConfig` under ``modalities[name]``;
 - ``input_key``: the batch key that holds this modality's model input (``pixel_values`` ...);
-- ``build_embed(cfg, dim)``: an ``nn.Module`` that turns the model input into tokens
+- ``embed_class`` / ``build_embed(cfg, dim, add_positions)``: an ``nn.Module`` (by default
+  ``embed_class(cfg, dim, add_positions)``) that turns the model input into tokens
   ``(B, N, dim)`` with the modality's fixed positions already added, and that exposes
   ``num_tokens``, ``coords`` (a buffer of (N, ndim) integer grid coordinates, for RoPE),
   ``grid_coords()`` (computes that buffer afresh) and ``position_table(dim)`` ((N, dim) fixed
   sin-cos positions, used for predictor queries);
-- ``build_processor(cfg)``: decode + normalise raw inputs into model inputs;
+- ``processor_class`` / ``build_processor(cfg)``: decode + normalise raw inputs into model inputs
+  (by default ``processor_class(cfg)``);
 - ``build_mask_sampler(cfg)``: the default mask sampler (see ``mmjepa.masking``);
 - ``valid_tokens(batch)``: an optional (B, N) bool mask of real (non-padding) tokens.
 """
@@ -35,6 +37,8 @@ class Modality:
     name: ClassVar[str]
     input_key: ClassVar[str]
     config_class: ClassVar[type]
+    embed_class: ClassVar[type[nn.Module]]  # (cfg, dim, add_positions) -> tokens (B, N, D)
+    processor_class: ClassVar[type]  # (cfg) -> raw values to model inputs
 
     @classmethod
     def make_config(cls, cfg: dict[str, Any] | None = None) -> Any:
@@ -47,12 +51,12 @@ class Modality:
         return cls.config_class(**cfg)
 
     @classmethod
-    def build_embed(cls, cfg: Any, dim: int) -> nn.Module:
-        raise NotImplementedError
+    def build_embed(cls, cfg: Any, dim: int, add_positions: bool = True) -> nn.Module:
+        return cls.embed_class(cfg, dim, add_positions)
 
     @classmethod
     def build_processor(cls, cfg: Any) -> Any:
-        raise NotImplementedError
+        return cls.processor_class(cfg)
 
     @classmethod
     def build_mask_sampler(cls, cfg: Any) -> Any:

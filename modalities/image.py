@@ -193,14 +193,8 @@ class ImageModality(Modality):
     name = "image"
     input_key = "pixel_values"
     config_class = ImageConfig
-
-    @classmethod
-    def build_embed(cls, cfg: ImageConfig, dim: int, add_positions: bool = True) -> nn.Module:
-        return PatchEmbed(cfg, dim, add_positions)
-
-    @classmethod
-    def build_processor(cls, cfg: ImageConfig) -> ImageProcessor:
-        return ImageProcessor(cfg)
+    embed_class = PatchEmbed
+    processor_class = ImageProcessor
 
     @classmethod
     def build_mask_sampler(cls, cfg: ImageConfig):

@@ -304,14 +304,8 @@ class TextModality(Modality):
     name = "text"
     input_key = "input_ids"
     config_class = TextConfig
-
-    @classmethod
-    def build_embed(cls, cfg: TextConfig, dim: int, add_positions: bool = True) -> nn.Module:
-        return TokenEmbed(cfg, dim, add_positions)
-
-    @classmethod
-    def build_processor(cls, cfg: TextConfig) -> TextProcessor:
-        return TextProcessor(cfg)
+    embed_class = TokenEmbed
+    processor_class = TextProcessor
 
     @classmethod
     def build_mask_sampler(cls, cfg: TextConfig) -> SpanMasking:
