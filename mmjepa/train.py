@@ -17,6 +17,7 @@ the previous checkpoint intact. ``train.resume: auto`` (default) continues from 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -752,7 +753,7 @@ class Trainer:
         lr, wd, momentum = self.hyperparams(self.step)
         n = len(batches)
         for micro, batch in enumerate(batches):
-            ctx = acc.no_sync(self.model) if micro < n - 1 else _nullcontext()
+            ctx = acc.no_sync(self.model) if micro < n - 1 else contextlib.nullcontext()
             with ctx:
                 out = self.model(**model_inputs(batch))
                 acc.backward(out.loss / n)
@@ -790,14 +791,6 @@ class Trainer:
         if acc.log_with:
             acc.log({k: v for k, v in logs.items() if k != "step"}, step=self.step)
         return logs
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def train(recipe: Recipe | str | os.PathLike | dict, overrides: Sequence[str] = (),

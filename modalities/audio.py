@@ -17,7 +17,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -25,17 +25,10 @@ from torch import nn
 
 from mmjepa.masking import MultiBlock2D
 
-from .base import GridPatchEmbed, Modality, register_modality
+from .base import GridPatchEmbed, Modality, pair, register_modality
 from .text import pack_indices
 
 AST_MEAN, AST_STD = -4.2677393, 4.5689974  # AudioSet log-mel statistics used by AST
-
-
-def _pair(x: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(x, int):
-        return (x, x)
-    a, b = x
-    return int(a), int(b)
 
 
 @dataclass
@@ -72,7 +65,7 @@ class AudioConfig:
     min_keep: int = 4
 
     def __post_init__(self):
-        pf, pt = _pair(self.patch_size)
+        pf, pt = pair(self.patch_size)
         if pf <= 0 or pt <= 0 or self.num_mel_bins % pf or self.max_frames % pt:
             raise ValueError(f"num_mel_bins ({self.num_mel_bins}) and max_frames ({self.max_frames}) must be "
                              f"multiples of the patch size {(pf, pt)}")
@@ -87,7 +80,7 @@ class AudioConfig:
 
     @property
     def patch(self) -> tuple[int, int]:
-        return _pair(self.patch_size)
+        return pair(self.patch_size)
 
     @property
     def grid(self) -> tuple[int, int]:

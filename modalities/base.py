@@ -21,7 +21,7 @@ with :func:`register_modality`. The core (``mmjepa/``) only talks to modalities 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -66,6 +66,14 @@ class Modality:
     def valid_tokens(cls, batch: dict[str, Any], embed: nn.Module) -> torch.Tensor | None:
         """(B, N) bool mask of real tokens, or None when every token is real (the default)."""
         return None
+
+
+def pair(x: int | Sequence[int]) -> tuple[int, int]:
+    """An int or a 2-sequence -> (int, int) (patch and grid sizes)."""
+    if isinstance(x, int):
+        return (x, x)
+    a, b = x
+    return int(a), int(b)
 
 
 def register_modality(cls: type[Modality]) -> type[Modality]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,17 +12,10 @@ from torch import nn
 
 from mmjepa.masking import MultiBlock2D, RandomPatch
 
-from .base import GridPatchEmbed, Modality, register_modality
+from .base import GridPatchEmbed, Modality, pair, register_modality
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _pair(x: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(x, int):
-        return (x, x)
-    a, b = x
-    return int(a), int(b)
 
 
 @dataclass
@@ -46,7 +39,7 @@ class ImageConfig:
     mask_ratio: float = 0.6  # for mask="random"
 
     def __post_init__(self):
-        h, w = _pair(self.image_size)
+        h, w = pair(self.image_size)
         if self.patch_size <= 0 or h % self.patch_size or w % self.patch_size:
             raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
         if self.num_channels not in (1, 3):
@@ -60,7 +53,7 @@ class ImageConfig:
 
     @property
     def grid(self) -> tuple[int, int]:
-        h, w = _pair(self.image_size)
+        h, w = pair(self.image_size)
         return h // self.patch_size, w // self.patch_size
 
 
@@ -72,7 +65,7 @@ class PatchEmbed(GridPatchEmbed):
         self.cfg = cfg
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        expected = (self.cfg.num_channels, *_pair(self.cfg.image_size))
+        expected = (self.cfg.num_channels, *pair(self.cfg.image_size))
         if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
             raise ValueError(
                 f"pixel_values must have shape (B, {expected[0]}, {expected[1]}, {expected[2]}), "
@@ -92,7 +85,7 @@ class ImageProcessor:
 
     def __init__(self, cfg: ImageConfig | None = None, **overrides):
         self.cfg = cfg or ImageConfig(**overrides)
-        self.size = _pair(self.cfg.image_size)
+        self.size = pair(self.cfg.image_size)
         self.mean = torch.tensor(self.cfg.image_mean).view(-1, 1, 1)
         self.std = torch.tensor(self.cfg.image_std).view(-1, 1, 1)
 
