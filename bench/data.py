@@ -1,7 +1,7 @@
 """Data throughput: is training ever input-bound?
 
     mmjepa bench data --json bench-data.json
-    python -m mmjepa.bench.data --recipe recipes/image/digits_ijepa_cpu.yaml --batches 30 --steps 10
+    mmjepa bench data --recipe recipes/image/digits_ijepa_cpu.yaml --batches 30 --steps 10
 
 In one process, on the same machine and the same run:
 
@@ -11,9 +11,9 @@ In one process, on the same machine and the same run:
    EMA; the trainer's own ``train_step``) on batches prepared beforehand, so no input work is in it;
 3. ``input_over_train`` = 1 / 2 (goal: >= 3).
 
-By default the recipe's own source is measured (the digits recipe: in-memory real digits). With
-``--tuxpaint`` the same model config also reads WebDataset shards built on the fly from the
-shared tuxpaint clip-art (real PNGs of ~500 px: the PIL decode + resize path), reported under
+By default the recipe's own source is measured (the digits recipe: in-memory real digits). Unless
+``--no-tuxpaint``, the same model config also reads WebDataset shards built on the fly from the
+Tux Paint clip-art in ``$MMJEPA_DATA_DIR`` (real PNGs of ~500 px: the PIL decode + resize path), reported under
 ``tuxpaint_shards``.
 """
 
@@ -21,22 +21,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from mmjepa.data import DataPipeline, DataStream
+from mmjepa.datasets import shared_data_dir
+from mmjepa.engine import Trainer, load_recipe
+from mmjepa.shards import folder_samples, write_shards
+
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "image" / "digits_ijepa_cpu.yaml"
 
 
 def measure_input(recipe, batches: int, repeats: int = 3, warmup: int = 3) -> dict:
     """Samples/s of the input pipeline alone (median over ``repeats`` windows of ``batches``)."""
-    from mmjepa.data import DataPipeline, DataStream
-
     pipe = DataPipeline(recipe.data, recipe.model_config())
     stream = DataStream(pipe)
     for _ in range(warmup):  # workers started, buffers filled
@@ -55,9 +58,6 @@ def measure_input(recipe, batches: int, repeats: int = 3, warmup: int = 3) -> di
 
 def measure_train(recipe, steps: int, repeats: int = 3, warmup: int = 2) -> dict:
     """Samples/s of the recipe's training step on ready batches (median over ``repeats`` windows)."""
-    from mmjepa.data import DataPipeline, DataStream
-    from mmjepa.train import Trainer
-
     trainer = Trainer(recipe)
     pipe = DataPipeline(recipe.data, recipe.model_config())
     stream = DataStream(pipe)
@@ -79,10 +79,6 @@ def measure_train(recipe, steps: int, repeats: int = 3, warmup: int = 2) -> dict
 
 def tuxpaint_recipe(recipe, workdir: Path):
     """The same recipe reading shards built from the shared tuxpaint images (or None without data)."""
-    from mmjepa.datasets import shared_data_dir
-    from mmjepa.shards import folder_samples, write_shards
-    from mmjepa.train import load_recipe
-
     data = shared_data_dir(required=False)
     if data is None or not (data / "tuxpaint").is_dir():
         return None
@@ -95,10 +91,9 @@ def tuxpaint_recipe(recipe, workdir: Path):
     return load_recipe(raw)
 
 
-def run(recipe_path: str | Path = DEFAULT_RECIPE, batches: int = 20, steps: int = 8, repeats: int = 3,
-        tuxpaint: bool = True, overrides: list[str] | None = None) -> dict:
-    from mmjepa.train import load_recipe
-
+def measure(recipe_path: str | Path = DEFAULT_RECIPE, batches: int = 20, steps: int = 8, repeats: int = 3,
+            tuxpaint: bool = True, overrides: list[str] | None = None) -> dict:
+    """Input pipeline and training step of a recipe, in the same run (see the module docstring)."""
     with tempfile.TemporaryDirectory() as tmp:
         recipe = load_recipe(recipe_path, [*(overrides or []), f"train.output_dir={tmp}/run", "train.tracker=none",
                                            "train.progress=false"])
@@ -113,7 +108,7 @@ def run(recipe_path: str | Path = DEFAULT_RECIPE, batches: int = 20, steps: int 
             "input": inp,
             "train": trn,
             "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                        "cpu_count": __import__("os").cpu_count(), "platform": platform.platform()},
+                        "cpu_count": os.cpu_count(), "platform": platform.platform()},
         }
         if tuxpaint:
             tux = tuxpaint_recipe(recipe, Path(tmp))
@@ -125,17 +120,10 @@ def run(recipe_path: str | Path = DEFAULT_RECIPE, batches: int = 20, steps: int 
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mmjepa bench data", description=__doc__.split("\n\n")[0])
-    p.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="recipe whose data and model are measured")
-    p.add_argument("--batches", type=int, default=20, help="batches per input-pipeline window")
-    p.add_argument("--steps", type=int, default=8, help="training steps per window")
-    p.add_argument("--repeats", type=int, default=3, help="windows (the median is reported)")
-    p.add_argument("--no-tuxpaint", action="store_true", help="skip the tuxpaint-shards measurement")
-    p.add_argument("--json", default=None, help="write the results here")
-    p.add_argument("overrides", nargs="*", help="recipe key=value overrides (e.g. data.num_workers=4)")
-    args = p.parse_args(argv)
-    res = run(args.recipe, args.batches, args.steps, args.repeats, not args.no_tuxpaint, args.overrides)
+def run(args: argparse.Namespace) -> int:
+    """``mmjepa bench data`` with parsed arguments (see ``mmjepa_cli``)."""
+    res = measure(args.recipe or str(DEFAULT_RECIPE), args.batches, args.steps, args.repeats, not args.no_tuxpaint,
+                  args.overrides)
     print(f"input pipeline : {res['input_samples_per_s']:8.1f} samples/s "
           f"({res['input']['num_workers']} workers, batch {res['input']['batch_size']})")
     print(f"training step  : {res['train_samples_per_s']:8.1f} samples/s ({res['train']['torch_threads']} threads)")
@@ -146,7 +134,3 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

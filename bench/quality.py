@@ -19,25 +19,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from transformers import BertConfig, BertForMaskedLM
 
-from mmjepa.evaluate import linear_probe
-from mmjepa.layers import masked_mean
-
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-
-
-def _recipe_path(rel: str) -> Path:
-    path = RECIPES / rel
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe {path} not found (run the benchmark from a source checkout)")
-    return path
+from mmjepa.data import DataPipeline, DataStream
+from mmjepa.datasets import fsdd, shakespeare_text
+from mmjepa.engine import load_recipe, train
+from mmjepa.engine.optim import build_optimizer, cosine, cosine_with_warmup, set_hyperparams
+from mmjepa.eval.probe import linear_probe
+from mmjepa.eval.spans import chunk_ids, masked_token_accuracy, mmjepa_predictor, span_masks
+from mmjepa.masking import SpanMasking
+from mmjepa.modalities import get_modality
+from mmjepa.modalities.audio import AudioProcessor, compute_normalization_stats
+from mmjepa.models import MMJepaModel
+from mmjepa.plot import line_plot
+from mmjepa.recipes import recipe_path
+from mmjepa.tokenizer import train_tokenizer
 
 
 def _trainable(model: torch.nn.Module) -> int:
@@ -48,8 +50,6 @@ def _trainable(model: torch.nn.Module) -> int:
 def bert_matching(target_params: int, vocab: int, hidden: int, heads: int, max_len: int):
     """The BertConfig of width ``hidden`` whose depth gives the parameter count closest to
     ``target_params`` (decoder tied to the embeddings, as BERT's)."""
-    from transformers import BertConfig, BertForMaskedLM
-
     best = None
     for depth in range(1, 25):
         cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=depth, num_attention_heads=heads,
@@ -87,11 +87,6 @@ class BertRun:
     """
 
     def __init__(self, recipe: Any, config: Any, mask_id: int, lr: float | None = None):
-        from transformers import BertForMaskedLM
-
-        from mmjepa.data import DataPipeline, DataStream
-        from mmjepa.optim import build_optimizer
-
         self.t_start = time.perf_counter()
         torch.manual_seed(recipe.train.seed)
         self.recipe, self.mask_id = recipe, mask_id
@@ -105,8 +100,6 @@ class BertRun:
         self.elapsed = time.perf_counter() - self.t_start  # BERT's own time, set-up included
 
     def train_step(self) -> None:
-        from mmjepa.optim import cosine, cosine_with_warmup, set_hyperparams
-
         t0 = time.perf_counter()
         o = self.recipe.optim
         k = self.lr / o.lr
@@ -140,17 +133,11 @@ class BertRun:
 
 
 def bench_shakespeare(args: argparse.Namespace) -> dict[str, Any]:
-    from mmjepa.datasets import shakespeare_text
-    from mmjepa.modalities.text import SpanMasking
-    from mmjepa.spans import chunk_ids, masked_token_accuracy, mmjepa_predictor, span_masks
-    from mmjepa.tokenizer import train_tokenizer
-    from mmjepa.train import load_recipe, train
-
     work = Path(args.workdir) / "shakespeare"
     work.mkdir(parents=True, exist_ok=True)
     train_txt = work / "train.txt"
     train_txt.write_text(shakespeare_text("train"), encoding="utf-8")
-    recipe = load_recipe(_recipe_path("text/shakespeare_cpu.yaml"))
+    recipe = load_recipe(recipe_path("text/shakespeare_cpu"))
     vocab = recipe.model_config().modality_config("text").vocab_size
     tok = train_tokenizer([train_txt], vocab_size=vocab, model_type="unigram")
     tok.save_pretrained(work / "tokenizer")
@@ -159,14 +146,12 @@ def bench_shakespeare(args: argparse.Namespace) -> dict[str, Any]:
                  "train.resume=never", "train.progress=false", "train.tracker=none", "data.num_workers=0"]
     if args.steps:
         overrides.append(f"train.max_steps={args.steps}")
-    recipe = load_recipe(_recipe_path("text/shakespeare_cpu.yaml"), overrides + list(args.override))
+    recipe = load_recipe(recipe_path("text/shakespeare_cpu"), overrides + list(args.overrides))
     cfg = recipe.model_config()
     text = cfg.modality_config("text")
 
     # the BERT of the closest parameter count (mmjepa's trainable parameters: encoder, predictor, readout)
     with torch.device("meta"):
-        from mmjepa import MMJepaModel
-
         n_mmjepa = _trainable(MMJepaModel(cfg))
     bert_cfg = bert_matching(n_mmjepa, vocab, cfg.hidden_size, cfg.num_attention_heads, text.max_length)
     print(f"[shakespeare] training mmjepa for {recipe.train.max_steps} steps, interleaved with a "
@@ -178,8 +163,8 @@ def bench_shakespeare(args: argparse.Namespace) -> dict[str, Any]:
     def interleave(step: int, logs: dict | None) -> None:
         nonlocal bert_run
         clock["mmjepa"] += time.perf_counter() - clock["mark"]  # mmjepa's time since BERT last stopped
-        if logs and "loss/text_mlm" in logs:
-            mmjepa_curve.append({"step": step, "loss": float(logs["loss/text_mlm"]), "elapsed_s": clock["mmjepa"]})
+        if logs and "loss/readout/text" in logs:
+            mmjepa_curve.append({"step": step, "loss": float(logs["loss/readout/text"]), "elapsed_s": clock["mmjepa"]})
         if bert_run is None:
             bert_run = BertRun(recipe, bert_cfg, tok.mask_token_id, args.bert_lr)
         bert_run.catch_up(clock["mmjepa"], step)
@@ -239,8 +224,6 @@ def bench_shakespeare(args: argparse.Namespace) -> dict[str, Any]:
 
 def _plot_curves(mmjepa: list[dict], bert: list[dict], unigram_entropy: float, path: Path) -> Path:
     """Training masked-token cross-entropy against each model's own training time -> PNG."""
-    from mmjepa.plot import line_plot
-
     series = {"mmjepa (JEPA + readout)": ([c["elapsed_s"] for c in mmjepa], [c["loss"] for c in mmjepa]),
               "BERT MLM": ([c["elapsed_s"] for c in bert], [c["loss"] for c in bert])}
     ends = [c["elapsed_s"] for c in mmjepa + bert]
@@ -263,27 +246,27 @@ def _features(samples: list[dict[str, Any]], proc: Any) -> tuple[torch.Tensor, t
 
 
 @torch.no_grad()
-def _embed(model: Any, feats: torch.Tensor, valid: torch.Tensor, grid: tuple[int, int],
-           batch: int = 128) -> dict[str, np.ndarray]:
+def _embed(model: Any, feats: torch.Tensor, valid: torch.Tensor, batch: int = 128) -> dict[str, np.ndarray]:
     """Frozen target-encoder features of each clip, pooled two ways over its real tokens:
 
-    ``freq_rows``: the time-mean of each frequency row of the (F, T) token grid, concatenated -> (n, F*D);
-    the frequency-resolved, time-averaged view that the log-mel baseline also gets (patch tokens
-    carry their frequency band only through the position embedding, which a global mean cancels).
-    ``mean``: the mean over all real tokens -> (n, D), ``model.embed``'s pooling.
+    ``freq_rows``: the audio plug-in's probe view (the time-mean of each frequency row of the (F, T)
+    token grid, concatenated -> (n, F*D)), the frequency-resolved, time-averaged view that the
+    log-mel baseline also gets; ``mean``: the mean over all real tokens -> (n, D), ``model.embed``'s pooling.
     """
     model.eval()
+    audio, cfg = get_modality("audio"), model.config.modality_config("audio")
     rows, means = [], []
     for i in range(0, len(feats), batch):
-        v = valid[i : i + batch]
-        h = model.encode(input_features=feats[i : i + batch], input_features_valid=v)["audio"]  # (B, F*T, D)
-        means.append(masked_mean(h, v))  # (B, D)
-        rows.append(masked_mean(h.unflatten(1, grid), v.unflatten(1, grid), dim=2).flatten(1))  # (B, F*D)
+        b = {"input_features": feats[i : i + batch], "input_features_valid": valid[i : i + batch]}
+        h = model.encode(**b)["audio"]  # (B, F*T, D)
+        v = audio.valid_tokens(b)
+        means.append(audio.pool(h, v, cfg))  # (B, D)
+        rows.append(audio.probe_features(h, v, cfg))  # (B, F*D)
     return {"freq_rows": torch.cat(rows).numpy(), "mean": torch.cat(means).numpy()}
 
 
-def _probes(model: Any, train: tuple, test: tuple, grid: tuple[int, int]) -> dict[str, float]:
-    a, b = _embed(model, *train[:2], grid), _embed(model, *test[:2], grid)
+def _probes(model: Any, train: tuple, test: tuple) -> dict[str, float]:
+    a, b = _embed(model, *train[:2]), _embed(model, *test[:2])
     return {k: linear_probe(a[k], train[2], b[k], test[2]) for k in a}
 
 
@@ -295,17 +278,12 @@ def _logmel_pool(feats: torch.Tensor, valid: torch.Tensor, grid: tuple[int, int]
 
 
 def bench_fsdd(args: argparse.Namespace) -> dict[str, Any]:
-    from mmjepa import MMJepaModel
-    from mmjepa.datasets import fsdd
-    from mmjepa.modalities.audio import AudioProcessor, compute_normalization_stats
-    from mmjepa.train import load_recipe, train
-
     work = Path(args.workdir) / "fsdd"
     overrides = [f"train.output_dir={work / 'mmjepa'}", "train.resume=never", "train.progress=false",
                  "train.tracker=none"]
     if args.steps:
         overrides.append(f"train.max_steps={args.steps}")
-    recipe = load_recipe(_recipe_path("audio/fsdd_cpu.yaml"), overrides + list(args.override))
+    recipe = load_recipe(recipe_path("audio/fsdd_cpu"), overrides + list(args.overrides))
     train_set, test_set = fsdd("train"), fsdd("test")
     mean, std = compute_normalization_stats(train_set, recipe.model_config().modality_config("audio"))
     recipe = load_recipe(recipe.to_dict(), [f"model.modalities.audio.mean={mean}", f"model.modalities.audio.std={std}"])
@@ -320,7 +298,7 @@ def bench_fsdd(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     random_model = MMJepaModel(cfg)
     train_d, test_d = (tr_f, tr_v, tr_y), (te_f, te_v, te_y)
-    trained, rand = _probes(result.model, train_d, test_d, acfg.grid), _probes(random_model, train_d, test_d, acfg.grid)
+    trained, rand = _probes(result.model, train_d, test_d), _probes(random_model, train_d, test_d)
     res = {
         "benchmark": "fsdd",
         "probe_acc": trained["freq_rows"],
@@ -344,28 +322,15 @@ def bench_fsdd(args: argparse.Namespace) -> dict[str, Any]:
 BENCHES = {"shakespeare": bench_shakespeare, "fsdd": bench_fsdd}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mmjepa bench quality", description=__doc__.split("\n\n")[0])
-    parser.add_argument("bench", choices=sorted(BENCHES))
-    parser.add_argument("--json", default=None, help="write the results to this JSON file")
-    parser.add_argument("--workdir", default="runs/bench_quality", help="tokenizer, checkpoints, exports")
-    parser.add_argument("--steps", type=int, default=None, help="override train.max_steps of the recipe")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out masks / random encoder")
-    parser.add_argument("--bert-lr", type=float, default=None,
-                        help="shakespeare: BERT's peak learning rate (default: the recipe's, as mmjepa's)")
-    parser.add_argument("override", nargs="*", default=[], help="recipe overrides, key=value")
-    args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
+def run(args: argparse.Namespace) -> int:
+    """``mmjepa bench quality NAME`` with parsed arguments (see ``mmjepa_cli``)."""
     t0 = time.perf_counter()
-    res = BENCHES[args.bench](args)
+    res = BENCHES[args.name](args)
     res["total_s"] = time.perf_counter() - t0
-    res["command"] = "mmjepa bench quality " + " ".join(argv if argv is not None else sys.argv[1:])
+    res["command"] = "mmjepa " + " ".join(args.argv)
     text = json.dumps(res, indent=2, default=float)
     print(text)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(text + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

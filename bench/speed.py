@@ -11,7 +11,6 @@ sensitive to other processes taking the cores), with the speedups also as median
 
 Run::
 
-    python bench/speed.py --json /tmp/speed_result.json
     mmjepa bench speed --json /tmp/speed_result.json
 
 Notes on the peers (the differences that remain by construction):
@@ -50,6 +49,10 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mmjepa.engine.optim import build_optimizer
+from mmjepa.masking import MultiBlock2D
+from mmjepa.models import MMJepaConfig, MMJepaModel, compile_model
 
 
 @dataclass
@@ -90,8 +93,6 @@ def make_images(cfg: BenchConfig, seed: int = 0) -> torch.Tensor:
 
 def mmjepa_masks(cfg: BenchConfig, n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
     """``n`` batches of I-JEPA multi-block masks from mmjepa's ``MultiBlock2D``."""
-    from mmjepa.masking import MultiBlock2D
-
     sampler = MultiBlock2D(grid=(cfg.grid, cfg.grid), num_targets=cfg.num_targets, target_scale=cfg.target_scale,
                            target_aspect=cfg.target_aspect, context_scale=cfg.context_scale)
     g = torch.Generator().manual_seed(seed)
@@ -121,9 +122,6 @@ def mask_stats(masks: list[dict[str, torch.Tensor]]) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- mmjepa
 def build_mmjepa(cfg: BenchConfig, compile: bool = False):
-    from mmjepa import MMJepaConfig, MMJepaModel
-    from mmjepa.optim import build_optimizer
-
     torch.manual_seed(0)
     mcfg = MMJepaConfig(modalities={"image": {"image_size": cfg.image_size, "patch_size": cfg.patch_size}},
                         hidden_size=cfg.width, num_hidden_layers=cfg.depth, num_attention_heads=cfg.heads,
@@ -132,8 +130,6 @@ def build_mmjepa(cfg: BenchConfig, compile: bool = False):
     model = MMJepaModel(mcfg).train()
     opt = build_optimizer(model, lr=1e-4, weight_decay=0.04)
     if compile:
-        from mmjepa.model import compile_model
-
         compile_model(model)
     return model, opt
 
@@ -336,27 +332,8 @@ def time_interleaved(impls: list[Impl], steps: int, repeats: int, warmup: int, b
     return rates, cpu_rates
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mmjepa bench speed", description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", help="write the results to this JSON file")
-    p.add_argument("--precision", default="fp32,bf16", help="comma list of fp32,bf16")
-    p.add_argument("--repeats", type=int, default=7, help="timed rounds (median reported), >= 5 for the record")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--steps", type=int, default=4, help="steps (distinct mask batches) per timed round")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
-    p.add_argument("--masks", choices=("shared", "own"), default="shared",
-                   help="shared: both training implementations use mmjepa's masks; own: lightly uses its collator")
-    p.add_argument("--compile", action="store_true", help="also time mmjepa under torch.compile (inductor)")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: train,infer,memory,flops")
-    p.add_argument("--tiny", action="store_true", help="a tiny configuration (smoke test of the harness)")
-    p.add_argument("--peak-size", type=int, default=2048, help="n of the n x n x n matmul that measures the peak")
-    p.add_argument("--check-batches", type=int, default=64,
-                   help="mask batches drawn from each collator to compare their token counts")
-    for f in ("image_size", "patch_size", "width", "depth", "heads", "pred_width", "pred_depth", "pred_heads",
-              "batch_size", "num_targets"):
-        p.add_argument(f"--{f.replace('_', '-')}", type=int, default=None)
-    args = p.parse_args(argv)
-
+def run(args: argparse.Namespace) -> int:
+    """``mmjepa bench speed`` with parsed arguments (see ``mmjepa_cli``)."""
     cfg = BenchConfig(**(TINY if args.tiny else {}))
     for f in ("image_size", "patch_size", "width", "depth", "heads", "pred_width", "pred_depth", "pred_heads",
               "batch_size", "num_targets"):
@@ -524,6 +501,3 @@ def format_table(result: dict[str, Any]) -> str:
                      "(MFU is taken against the latter)")
     return "\n".join(lines)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

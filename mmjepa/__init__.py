@@ -1,13 +1,15 @@
-"""mmjepa: multimodal Joint-Embedding Predictive Architecture pretraining for image, text and audio."""
+"""mmjepa: multimodal Joint-Embedding Predictive Architecture pretraining for image, text and audio.
 
-from transformers import AutoConfig, AutoModel
+Importing the package registers ``MMJepaConfig`` / ``MMJepaModel`` with transformers' ``AutoConfig``
+and ``AutoModel``. The command line lives in ``mmjepa_cli`` (it parses arguments before importing
+this package, so that ``mmjepa --help`` answers at once).
+"""
 
-from .config import MMJepaConfig
-from .model import MMJepaModel, MMJepaOutput, compile_model
+from .collate import MaskCollator
+from .eval.spans import fill_spans, fill_spans_text
+from .models import MMJepaConfig, MMJepaModel, MMJepaOutput, compile_model
 from .processing import MMJepaProcessor
 
-AutoConfig.register("mmjepa", MMJepaConfig, exist_ok=True)
-AutoModel.register(MMJepaConfig, MMJepaModel, exist_ok=True)
-
 __version__ = "0.1.0"
-__all__ = ["MMJepaConfig", "MMJepaModel", "MMJepaOutput", "MMJepaProcessor", "compile_model"]
+__all__ = ["MMJepaConfig", "MMJepaModel", "MMJepaOutput", "MMJepaProcessor", "MaskCollator", "compile_model",
+           "fill_spans", "fill_spans_text"]

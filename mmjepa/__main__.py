@@ -1,5 +1,5 @@
 import sys
 
-from mmjepa.cli import main
+from mmjepa_cli import main
 
 sys.exit(main())

@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModel, IJepaConfig, IJepaModel
+
+from .models import MMJepaConfig, MMJepaModel
 
 StateDict = dict[str, torch.Tensor]
 
@@ -176,8 +179,6 @@ def encoder_state_to_ijepa_original(sd: dict[str, torch.Tensor]) -> StateDict:
 def config_from_hf_ijepa(hf_config: Any, **overrides: Any):
     """An ``IJepaConfig`` / ``ViTConfig`` -> an image-only :class:`~mmjepa.MMJepaConfig` with the same
     encoder (the predictor keeps mmjepa's defaults unless overridden)."""
-    from .config import MMJepaConfig
-
     if getattr(hf_config, "hidden_act", "gelu") != "gelu":
         raise ValueError(f"mmjepa's MLP uses exact GELU; this checkpoint uses {hf_config.hidden_act!r}")
     image_size = hf_config.image_size if isinstance(hf_config.image_size, int) else tuple(hf_config.image_size)
@@ -204,12 +205,8 @@ def mmjepa_model_from_hf_ijepa(hf_model_or_dir: Any, drop_cls_token: bool = Fals
     a Hugging Face ``IJepaModel`` (an instance, a local folder or a Hub id); the predictor is freshly
     initialised. Published I-JEPA weights are the target encoder's, so both encoders start from them.
     """
-    from .model import MMJepaModel
-
     hf = hf_model_or_dir
     if isinstance(hf, (str, Path)):
-        from transformers import AutoModel
-
         hf = AutoModel.from_pretrained(str(hf))
     config = config_from_hf_ijepa(hf.config, **config_overrides)
     model = MMJepaModel(config)
@@ -224,8 +221,6 @@ def mmjepa_model_from_hf_ijepa(hf_model_or_dir: Any, drop_cls_token: bool = Fals
 
 def hf_ijepa_from_mmjepa(model: Any, modality: str = "image", use_target: bool = True):
     """A Hugging Face ``IJepaModel`` with the weights of ``model``'s (target) encoder of ``modality``."""
-    from transformers import IJepaConfig, IJepaModel
-
     cfg = model.config
     mcfg = cfg.modality_config(modality)
     if cfg.position_embedding != "sincos":

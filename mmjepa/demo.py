@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .datasets import load_builtin
+from .engine import load_recipe, train
+from .eval.probe import linear_probe, probe_dataset
+from .models import MMJepaModel
+from .plot import line_plot
+from .recipes import recipe_path
+
 
 def pixel_probe() -> float:
     """The probe on raw 8x8 pixels (a reference point, not a learned representation)."""
-    from .datasets import load_builtin
-    from .evaluate import linear_probe
-
     train, test = load_builtin("digits", "train"), load_builtin("digits", "test")
     flat = lambda ss: np.stack([s["image"].reshape(-1) for s in ss]).astype(np.float32)  # noqa: E731
     return linear_probe(flat(train), np.array([s["label"] for s in train]),
@@ -31,12 +34,6 @@ def pixel_probe() -> float:
 
 def run_demo(output_dir: str = "runs/demo", overrides: list[str] | None = None, quiet: bool = False) -> dict:
     """Train + probe; returns the numbers (also written to ``output_dir/demo.json``)."""
-    from . import MMJepaModel
-    from .evaluate import probe_dataset
-    from .plot import line_plot
-    from .recipes import recipe_path
-    from .train import load_recipe, train
-
     recipe = load_recipe(recipe_path("image/digits_ijepa_cpu"),
                          [f"train.output_dir={output_dir}", "train.resume=never", *(overrides or [])])
     t0 = time.time()
@@ -48,8 +45,8 @@ def run_demo(output_dir: str = "runs/demo", overrides: list[str] | None = None, 
         "steps": result.steps,
         "train_seconds": round(train_s, 1),
         "train_samples_per_s": round(result.train_samples_per_s, 1),
-        "probe_acc": probe_dataset(result.model, "digits", progress=not quiet),
-        "random_probe_acc": probe_dataset(random_model, "digits", progress=not quiet),
+        "probe_acc": probe_dataset(result.model, "digits", "image", progress=not quiet),
+        "random_probe_acc": probe_dataset(random_model, "digits", "image", progress=not quiet),
         "pixel_probe_acc": pixel_probe(),
     }
     hist = [h for h in result.history if "loss" in h]
@@ -61,12 +58,8 @@ def run_demo(output_dir: str = "runs/demo", overrides: list[str] | None = None, 
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mmjepa demo", description=__doc__.split("\n")[0])
-    p.add_argument("--output-dir", default="runs/demo")
-    p.add_argument("--json", help="also write the numbers to this file")
-    p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.max_steps=100")
-    args = p.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """``mmjepa demo`` with parsed arguments (see ``mmjepa_cli``)."""
     out = run_demo(args.output_dir, args.overrides)
     print()
     print(f"I-JEPA on sklearn digits: {out['steps']} steps in {out['train_seconds']} s "
@@ -79,7 +72,3 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0 if out["probe_acc"] > out["random_probe_acc"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

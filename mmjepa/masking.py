@@ -1,4 +1,4 @@
-"""Mask samplers, run in the collator, that return index tensors.
+"""Mask samplers, run in the collator (``mmjepa.collate``), that return index tensors.
 
 Every sampler is called once per batch as ``sampler(batch_size, generator, **info)`` and returns a
 *mask set*, a plain dict of tensors (so that ``accelerate`` moves it to the device like any batch):
@@ -10,13 +10,17 @@ Every sampler is called once per batch as ``sampler(batch_size, generator, **inf
 
 Image samplers keep equal lengths across the batch by truncating to the batch minimum, as the
 I-JEPA code does, so they return no validity masks and the encoders run without attention masks.
+
+Samplers here are generic over token layouts: ``MultiBlock2D`` / ``RandomPatch`` on a 2-D grid or
+any token set, ``SpanMasking`` on a 1-D sequence. A modality plug-in picks and configures one in
+``build_mask_sampler`` (or defines its own, e.g. the audio time-frequency blocks).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Sequence
 
 import torch
 
@@ -152,45 +156,118 @@ class RandomPatch:
         return {"context": context, "target": target}
 
 
-class MaskCollator:
-    """Collate processed samples into a batch and draw every modality's masks.
+def geometric_p_for_mean(mean: float, max_span: int) -> float:
+    """The p of a geometric distribution on {1, 2, ...} that, truncated to ``[1, max_span]``
+    and renormalised, has the given ``mean`` (found by bisection; the mean falls as p grows)."""
+    if not 1.0 <= mean < (max_span + 1) / 2 or max_span < 1:
+        raise ValueError(f"mean_span must lie in [1, (max_span + 1) / 2) = [1, {(max_span + 1) / 2}), got {mean}")
+    if mean == 1.0:
+        return 1.0
+    def truncated_mean(p: float) -> float:  # plain Python: configs may be built under a meta device
+        w = [p * (1 - p) ** (k - 1) for k in range(1, max_span + 1)]
+        return sum(wk * k for k, wk in enumerate(w, start=1)) / sum(w)
 
-    ``samplers`` maps a modality name to (input key, mask sampler). Samples are dicts of per-sample
-    tensors keyed by input key; each modality's inputs are stacked (or padded by ``collate_fns``).
-    The generator is seeded from ``seed`` so a run's masks are reproducible; ``state_dict`` /
-    ``load_state_dict`` carry the generator for exact resume.
+    lo, hi = 1e-9, 1.0 - 1e-12
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if truncated_mean(mid) > mean:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def pack_indices(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Variable-length index rows -> (B, K) int64 padded with 0, and (B, K) bool validity (None
+    when every row has the same length)."""
+    lengths = [len(r) for r in rows]
+    K = max(lengths)
+    out = torch.zeros(len(rows), K, dtype=torch.long)
+    valid = torch.zeros(len(rows), K, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+        valid[i, : len(r)] = True
+    return out, (None if min(lengths) == K else valid)
+
+
+@dataclass
+class SpanMasking:
+    """SpanBERT/T5-style span masking over a 1-D token sequence.
+
+    Per sample, ``round(mask_ratio * L)`` of its ``L`` real tokens are hidden, in spans whose
+    lengths are drawn from a geometric distribution clipped to ``[1, max_span]`` (mean
+    ``mean_span``; the last span is shortened to hit the ratio exactly). Spans never touch each
+    other, so every run of masked tokens is one span. The masked tokens form the sample's single
+    target group; the other real tokens are its context. Returns a mask set with ``context``
+    (B, Kc), ``target`` (B, 1, Kt) and validity masks when lengths differ across the batch.
     """
 
-    def __init__(
-        self,
-        samplers: dict[str, tuple[str, Callable[..., MaskSet]]],
-        seed: int = 0,
-        collate_fns: dict[str, Callable[[list], dict[str, torch.Tensor]]] | None = None,
-    ):
-        self.samplers = samplers
-        self.collate_fns = collate_fns or {}
-        self.generator = torch.Generator().manual_seed(seed)
+    num_tokens: int
+    mask_ratio: float = 0.25
+    mean_span: float = 3.0
+    max_span: int = 10
 
-    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        batch: dict[str, Any] = {}
-        masks: dict[str, MaskSet] = {}
-        for name, (key, sampler) in self.samplers.items():
-            if name in self.collate_fns:
-                batch.update(self.collate_fns[name](samples))
-                info = {"valid": batch.get(f"{key}_valid")}
-            else:
-                batch[key] = torch.stack([torch.as_tensor(s[key]) for s in samples])
-                info = {}
-            masks[name] = sampler(len(samples), self.generator, **info)
-        extra = sorted({k for s in samples for k in s} - set(batch))
-        for k in extra:  # labels, keys ... pass through
-            vals = [s.get(k) for s in samples]
-            batch[k] = torch.as_tensor(vals) if all(isinstance(v, (int, float)) for v in vals) else vals
-        batch["masks"] = masks
-        return batch
+    def __post_init__(self):
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must lie in (0, 1), got {self.mask_ratio}")
+        self.p = geometric_p_for_mean(float(self.mean_span), int(self.max_span))
+        self.length_probs = [self.p * (1 - self.p) ** (k - 1) for k in range(1, self.max_span + 1)]  # unnormalised
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
+    def span_lengths(self, n_mask: int, g: torch.Generator) -> list[int]:
+        """Clipped-geometric span lengths summing to exactly ``n_mask``."""
+        lengths: list[int] = []
+        total = 0
+        probs = torch.tensor(self.length_probs, dtype=torch.float64, device="cpu")
+        while total < n_mask:
+            draw = torch.multinomial(probs, 16, replacement=True, generator=g) + 1
+            for length in draw.tolist():
+                length = min(length, n_mask - total)
+                lengths.append(length)
+                total += length
+                if total == n_mask:
+                    break
+        return lengths
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
+    def sample(self, length: int, g: torch.Generator) -> torch.Tensor:
+        """A (length,) bool mask, True on masked tokens."""
+        if length < 2:
+            raise ValueError(f"span masking needs at least 2 real tokens per sample, got {length}")
+        n_mask = min(max(1, int(round(self.mask_ratio * length))), length - 1)
+        lengths = self.span_lengths(n_mask, g)
+        n_keep = length - n_mask
+        while len(lengths) - 1 > n_keep:  # too many spans to keep them apart: merge two
+            last = lengths.pop()
+            lengths[int(torch.randint(len(lengths), (1,), generator=g))] += last
+        order = torch.randperm(len(lengths), generator=g).tolist()
+        lengths = [lengths[i] for i in order]
+        k = len(lengths)
+        extra = n_keep - (k - 1)  # unmasked tokens free to place among the k + 1 gaps
+        cuts = torch.randperm(extra + k, generator=g)[:k].sort().values.tolist()  # stars and bars
+        gaps, prev = [], -1
+        for c in cuts:
+            gaps.append(c - prev - 1)
+            prev = c
+        mask = torch.zeros(length, dtype=torch.bool)
+        pos = 0
+        for i, span in enumerate(lengths):
+            pos += gaps[i] + (1 if i > 0 else 0)
+            mask[pos : pos + span] = True
+            pos += span
+        return mask
+
+    def __call__(self, batch_size: int, generator: torch.Generator, valid: torch.Tensor | None = None,
+                 **_: Any) -> dict[str, torch.Tensor]:
+        contexts, targets = [], []
+        for b in range(batch_size):
+            real = valid[b].nonzero().squeeze(1) if valid is not None else torch.arange(self.num_tokens)  # (L,)
+            m = self.sample(len(real), generator)
+            targets.append(real[m])
+            contexts.append(real[~m])
+        context, cv = pack_indices(contexts)
+        target, tv = pack_indices(targets)
+        out = {"context": context, "target": target.unsqueeze(1)}  # (B, Kc), (B, 1, Kt)
+        if cv is not None:
+            out["context_valid"] = cv
+        if tv is not None:
+            out["target_valid"] = tv.unsqueeze(1)
+        return out

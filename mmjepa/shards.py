@@ -1,12 +1,13 @@
 """``mmjepa shards``: build WebDataset tar shards (+ a manifest of sample counts) from a folder, a
 CSV/JSONL manifest or a Hugging Face dataset.
 
-A sample is a dict of fields keyed by extension (``jpg``/``png``/``webp``, ``wav``/``flac``/``ogg``,
-``txt``, ``json``, ``cls``) plus ``__key__``. The shards are written with webdataset's
-``ShardWriter``; ``manifest.json`` beside them lists every shard with its sample count, which the
-training pipeline uses for exact epoch accounting::
+A sample is a dict of fields keyed by file extension plus ``__key__``: the extensions that the
+modality plug-ins decode (``jpg``/``png``/``webp`` ..., ``wav``/``flac``/``ogg``, ``txt``, and those of any
+plug-in you register) and the metadata ``json`` and ``cls``. The shards are written with
+webdataset's ``ShardWriter``; ``manifest.json`` beside them lists every shard with its sample
+count, which the training pipeline uses for exact epoch accounting::
 
-    mmjepa shards folder ../shared/data/tuxpaint out/tux --max-count 200
+    mmjepa shards folder $MMJEPA_DATA_DIR/tuxpaint out/tux --max-count 200 --text-lines first
     mmjepa shards csv pairs.csv out/pairs            # columns: image, audio, text, label, key
     mmjepa shards hf user/dataset out/ds --split train
 """
@@ -23,13 +24,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-IMAGE_EXTS = ("jpg", "png", "webp")
-AUDIO_EXTS = ("wav", "flac", "ogg", "mp3")
-TEXT_EXTS = ("txt",)
+from .modalities import get_modality, modality_for_extension, registered_modalities
+
 META_EXTS = ("json", "cls")
-ALIASES = {"jpeg": "jpg"}
-FIELD_EXTS = IMAGE_EXTS + AUDIO_EXTS + TEXT_EXTS + META_EXTS
+ALIASES = {"jpeg": "jpg", "tif": "tiff"}  # one spelling per format in the shards
 MANIFEST = "manifest.json"
+# leading bytes of the media formats a Hugging Face column may hold without a file name
+MAGIC = [(b"\x89PNG", "png"), (b"\xff\xd8\xff", "jpg"), (b"GIF8", "gif"), (b"fLaC", "flac"), (b"OggS", "ogg"),
+         (b"ID3", "mp3"), (b"\xff\xfb", "mp3")]
+
+
+def field_extensions() -> set[str]:
+    """Every extension a shard field may have: those the modality plug-ins decode, and metadata."""
+    return {e for m in registered_modalities() for e in get_modality(m).extensions} | set(META_EXTS)
+
+
+def sniff_extension(data: bytes) -> str | None:
+    """The file extension of encoded media bytes, from their leading bytes (None when unknown)."""
+    if data[:4] == b"RIFF" and data[8:12] in (b"WAVE", b"WEBP"):
+        return "wav" if data[8:12] == b"WAVE" else "webp"
+    return next((ext for magic, ext in MAGIC if data.startswith(magic)), None)
 
 
 def sanitize_key(key: str) -> str:
@@ -56,11 +70,12 @@ def folder_samples(root: str | Path, text_lines: str = "all") -> Iterator[dict[s
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"not a folder: {root}")
+        raise FileNotFoundError(f"no such folder: {root}")
+    known = field_extensions()
     groups: dict[str, dict[str, Path]] = {}
     for path in sorted(root.rglob("*")):
         ext = _ext(path)
-        if not path.is_file() or ext not in FIELD_EXTS:
+        if not path.is_file() or ext not in known:
             continue
         stem = path.relative_to(root).with_suffix("").as_posix()
         groups.setdefault(stem, {}).setdefault(ext, path)
@@ -79,7 +94,7 @@ def _value_to_fields(name: str, value: Any, base: Path, text_lines: str) -> dict
         return {}
     if isinstance(value, str):
         path = Path(value) if os.path.isabs(value) else base / value
-        if _ext(path) in FIELD_EXTS and path.is_file():
+        if _ext(path) in field_extensions() and path.is_file():
             data = path.read_bytes()
             if _ext(path) == "txt":
                 data = _text(data.decode("utf-8"), text_lines).encode("utf-8")
@@ -136,8 +151,12 @@ def _encode_hf_value(name: str, value: Any, text_lines: str) -> dict[str, bytes]
         value.save(buf, format="PNG")
         return {"png": buf.getvalue()}
     if isinstance(value, dict) and value.get("bytes") is not None:  # undecoded Image/Audio feature
-        ext = _ext(value.get("path") or "") or ("wav" if name == "audio" else "png")
-        return {ext if ext in FIELD_EXTS else ("wav" if name == "audio" else "png"): value["bytes"]}
+        ext = _ext(value.get("path") or "")
+        if ext not in field_extensions():
+            ext = sniff_extension(value["bytes"])
+        if ext is None:
+            raise ValueError(f"column {name!r}: cannot tell the format of its bytes (no file name, unknown header)")
+        return {ext: value["bytes"]}
     if isinstance(value, dict) and "array" in value and "sampling_rate" in value:
         import numpy as np
         import soundfile as sf
@@ -197,18 +216,16 @@ def write_shards(samples: Iterable[dict[str, Any]], out_dir: str | Path, prefix:
                  progress: bool = True) -> ShardStats:
     """Write ``samples`` into ``out_dir/{prefix}-000000.tar ...`` and ``out_dir/manifest.json``.
 
-    ``require`` lists field groups (``image``, ``audio``, ``text``) every sample must have; samples
-    without them are skipped and counted.
+    ``require`` lists modalities (``image``, ``audio``, ``text`` ...) every sample must have a field
+    of; samples without them are skipped and counted.
     """
     import webdataset as wds
     from tqdm.auto import tqdm
 
     if max_count < 1 or max_size <= 0:
         raise ValueError("--max-count and --max-size must be positive")
-    groups = {"image": IMAGE_EXTS, "audio": AUDIO_EXTS, "text": TEXT_EXTS}
     for r in require:
-        if r not in groups:
-            raise ValueError(f"--require takes image/audio/text, got {r!r}")
+        get_modality(r)  # unknown -> ValueError naming the known ones
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stats = ShardStats()
@@ -218,7 +235,8 @@ def write_shards(samples: Iterable[dict[str, Any]], out_dir: str | Path, prefix:
     bar = tqdm(samples, desc="shards", unit=" samples", disable=not progress)
     try:
         for sample in bar:
-            if any(not any(e in sample for e in groups[r]) for r in require) or len(sample) <= 1:
+            held = {modality_for_extension(k) for k in sample if k != "__key__"}
+            if any(r not in held for r in require) or len(sample) <= 1:
                 stats.skipped += 1
                 continue
             key = sample["__key__"]
@@ -265,22 +283,8 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mmjepa shards", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", choices=["folder", "csv", "jsonl", "hf"], help="kind of input")
-    p.add_argument("input", help="folder / manifest file / dataset name or folder")
-    p.add_argument("output", help="output folder for the shards and manifest.json")
-    p.add_argument("--prefix", default="shard", help="shard file name prefix (default: shard)")
-    p.add_argument("--max-count", type=int, default=10000, help="samples per shard (default 10000)")
-    p.add_argument("--max-size", type=float, default=1e9, help="bytes per shard (default 1e9)")
-    p.add_argument("--split", default="train", help="hf: the split (default train)")
-    p.add_argument("--config", default=None, help="hf: the dataset configuration")
-    p.add_argument("--text-lines", choices=["all", "first"], default="all",
-                   help="keep all lines of a text, or only the first (e.g. tuxpaint: English first)")
-    p.add_argument("--require", default="", help="comma list of image,audio,text every sample must have")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """``mmjepa shards`` with parsed arguments (see ``mmjepa_cli``)."""
     if args.source == "folder":
         samples = folder_samples(args.input, args.text_lines)
     elif args.source in ("csv", "jsonl"):

@@ -12,7 +12,6 @@ the space before it, so ``"To be, or <mask> to be"`` masks the word ``▁not`` w
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -83,26 +82,9 @@ def train_tokenizer(
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``mmjepa tokenizer train --input FILE... --vocab-size N --model-type unigram|bpe --output DIR``."""
-    parser = argparse.ArgumentParser(prog="mmjepa tokenizer", description="train a SentencePiece-style tokenizer")
-    sub = parser.add_subparsers(dest="command", required=True)
-    tr = sub.add_parser("train", help="train on text files and save as a transformers tokenizer")
-    tr.add_argument("--input", nargs="+", required=True, metavar="FILE", help="plain-text training files")
-    tr.add_argument("--vocab-size", type=int, default=8000)
-    tr.add_argument("--model-type", choices=MODEL_TYPES, default="unigram")
-    tr.add_argument("--output", required=True, metavar="DIR", help="folder to save_pretrained into")
-    tr.add_argument("--no-bos-eos", action="store_true", help="do not wrap encoded texts in <s> ... </s>")
-    args = parser.parse_args(argv)
-    try:
-        tok = train_tokenizer(args.input, args.vocab_size, args.model_type, add_bos_eos=not args.no_bos_eos)
-    except ValueError as err:
-        print(f"mmjepa tokenizer: {err}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    """``mmjepa tokenizer train`` with parsed arguments (see ``mmjepa_cli``)."""
+    tok = train_tokenizer(args.input, args.vocab_size, args.model_type, add_bos_eos=not args.no_bos_eos)
     tok.save_pretrained(args.output)
     print(f"saved a {args.model_type} tokenizer with {len(tok)} tokens to {args.output}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

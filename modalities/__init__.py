@@ -1,8 +1,11 @@
-"""Modality plug-ins (installed as ``mmjepa.modalities``). Importing this package registers them."""
+"""Modality plug-ins (installed as ``mmjepa.modalities``): one file per modality.
 
-from .base import Modality, get_modality, register_modality, registered_modalities
-from . import image  # noqa: F401  (registers "image")
-from . import text  # noqa: F401  (registers "text")
-from . import audio  # noqa: F401  (registers "audio")
+The built-in ones (``image``, ``audio``, ``text``) are imported on first use by
+:func:`get_modality`; see ``base.py`` for the interface a plug-in implements.
+"""
 
-__all__ = ["Modality", "get_modality", "register_modality", "registered_modalities"]
+from .base import (GridPatchEmbed, Modality, get_modality, modality_for_extension, pair, register_modality,
+                   registered_modalities)
+
+__all__ = ["GridPatchEmbed", "Modality", "get_modality", "modality_for_extension", "pair", "register_modality",
+           "registered_modalities"]

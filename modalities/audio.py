@@ -20,13 +20,16 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+import soundfile as sf
 import torch
 from torch import nn
+from torchaudio.compliance import kaldi
+from torchaudio.functional import resample
 
-from mmjepa.masking import MultiBlock2D
+from mmjepa.layers import masked_mean
+from mmjepa.masking import MultiBlock2D, pack_indices
 
 from .base import GridPatchEmbed, Modality, pair, register_modality
-from .text import pack_indices
 
 AST_MEAN, AST_STD = -4.2677393, 4.5689974  # AudioSet log-mel statistics used by AST
 
@@ -48,7 +51,7 @@ class AudioConfig:
     frame_length_ms: float = 25.0
     frame_shift_ms: float = 10.0
     max_frames: int = 1024
-    patch_size: int | tuple[int, int] = 16
+    patch_size: Any = 16  # an int, or (frequency, time)
     padding: str = "mask"
     mean: float = AST_MEAN
     std: float = AST_STD
@@ -109,8 +112,6 @@ def decode_audio(x: Any, sampling_rate: int | None = None) -> tuple[torch.Tensor
             raise ValueError(f"an audio dict needs an 'array' key, got keys {sorted(x)}")
         return decode_audio(x["array"], x.get("sampling_rate", sampling_rate))
     if isinstance(x, (str, Path, bytes, bytearray, io.IOBase)):
-        import soundfile as sf
-
         src = io.BytesIO(bytes(x)) if isinstance(x, (bytes, bytearray)) else x
         if isinstance(src, (str, Path)) and not Path(src).is_file():
             raise ValueError(f"audio file not found: {src}")
@@ -155,8 +156,6 @@ class AudioProcessor:
 
     def waveform(self, audio: Any, sampling_rate: int | None = None) -> torch.Tensor:
         """Decode, mix to mono, check, and resample to ``cfg.sample_rate`` -> (n,) float32."""
-        from torchaudio.functional import resample
-
         wav, sr = decode_audio(audio, sampling_rate)
         if sr <= 0:
             raise ValueError(f"sampling_rate must be > 0, got {sr}")
@@ -177,8 +176,6 @@ class AudioProcessor:
 
     def fbank(self, wav: torch.Tensor) -> torch.Tensor:
         """(n,) waveform at ``cfg.sample_rate`` -> (T, num_mel_bins) Kaldi log-mel filterbank (AST settings)."""
-        from torchaudio.compliance import kaldi
-
         return kaldi.fbank(wav.unsqueeze(0), htk_compat=True, sample_frequency=self.cfg.sample_rate,
                            use_energy=False, window_type="hanning", num_mel_bins=self.cfg.num_mel_bins,
                            dither=0.0, frame_length=self.cfg.frame_length_ms, frame_shift=self.cfg.frame_shift_ms)
@@ -415,6 +412,15 @@ class AudioModality(Modality):
     config_class = AudioConfig
     embed_class = AudioPatchEmbed
     processor_class = AudioProcessor
+    processor_arg = "audio"
+    processor_kwargs = ("sampling_rate",)
+    extensions = ("wav", "flac", "ogg", "mp3")
+
+    @classmethod
+    def decode(cls, data: bytes, ext: str, cfg: AudioConfig) -> dict[str, Any]:
+        """Encoded bytes -> ``{"array": mono float32 waveform, "sampling_rate": int}``."""
+        wav, sr = decode_audio(data)
+        return {"array": wav.numpy(), "sampling_rate": sr}
 
     @classmethod
     def build_mask_sampler(cls, cfg: AudioConfig):
@@ -425,12 +431,12 @@ class AudioModality(Modality):
                                    cfg.freq_scale)
 
     @classmethod
-    def valid_tokens(cls, batch: dict[str, Any], embed: nn.Module) -> torch.Tensor | None:
+    def valid_tokens(cls, batch: dict[str, Any]) -> torch.Tensor | None:
         valid = batch.get("input_features_valid")
         return None if valid is None else valid.bool()
 
     @classmethod
-    def collate(cls, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def collate(cls, samples: list[dict[str, Any]], cfg: AudioConfig) -> dict[str, torch.Tensor]:
         """Stack per-sample ``input_features`` (F, T) and, when present, ``input_features_valid`` (N,)."""
         out = {"input_features": torch.stack([torch.as_tensor(s["input_features"]).float() for s in samples])}
         has_valid = [s.get("input_features_valid") is not None for s in samples]
@@ -440,6 +446,16 @@ class AudioModality(Modality):
             out["input_features_valid"] = torch.stack([torch.as_tensor(s["input_features_valid"]).bool()
                                                        for s in samples])
         return out
+
+    @classmethod
+    def probe_features(cls, h: torch.Tensor, valid: torch.Tensor | None, cfg: AudioConfig) -> torch.Tensor:
+        """The time-mean of each frequency row of the (F, T) token grid, concatenated -> (B, F*D).
+
+        A patch token carries its frequency band only through its position embedding, which a
+        global mean cancels; this frequency-resolved, time-averaged view keeps it."""
+        grid = cfg.grid
+        v = None if valid is None else valid.unflatten(1, grid)
+        return masked_mean(h.unflatten(1, grid), v, dim=2).flatten(1)  # (B, F*D)
 
 
 def main(argv: list[str] | None = None) -> int:

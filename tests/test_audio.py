@@ -13,7 +13,7 @@ from torchaudio.compliance import kaldi
 from torchaudio.functional import resample
 
 from mmjepa import MMJepaConfig, MMJepaModel
-from mmjepa.masking import MaskCollator
+from mmjepa.collate import MaskCollator
 from mmjepa.modalities.audio import (AudioConfig, AudioModality, AudioProcessor, TimeFrequencyBlocks,
                                      ValidMultiBlock, compute_normalization_stats)
 
@@ -200,8 +200,7 @@ def test_audio_trains_through_the_core(mask):
     for i, secs in enumerate([0.3, 0.5, 0.7, 0.25]):
         f, v = proc.preprocess(tone(secs, freq=200.0 * (i + 1), seed=i), SR)
         samples.append({"input_features": f, "input_features_valid": v})
-    col = MaskCollator({"audio": ("input_features", AudioModality.build_mask_sampler(cfg))}, seed=0,
-                       collate_fns={"audio": AudioModality.collate})
+    col = MaskCollator.from_config(model.config, seed=0)
     out = model(**col(samples))
     assert torch.isfinite(out.loss)
     out.loss.backward()

@@ -7,20 +7,19 @@ import torch
 import torch.nn.functional as F
 
 from mmjepa import MMJepaConfig, MMJepaModel
-from mmjepa.ema import momentum_at
+from mmjepa.models.ema import momentum_at
 from mmjepa.layers import gather_tokens
-from mmjepa.losses import latent_loss, sigreg
-from mmjepa.masking import MaskCollator
+from mmjepa.objectives import latent_loss, sigreg
+from mmjepa.collate import MaskCollator
 from mmjepa.modalities import get_modality
-from mmjepa.optim import build_optimizer, param_groups
+from mmjepa.engine.optim import build_optimizer, param_groups
 
 from conftest import tiny_image_config
 
 
 def make_batch(config: MMJepaConfig, batch_size: int = 4, seed: int = 0) -> dict:
     mcfg = config.modality_config("image")
-    sampler = get_modality("image").build_mask_sampler(mcfg)
-    col = MaskCollator({"image": ("pixel_values", sampler)}, seed=seed)
+    col = MaskCollator.from_config(config, seed=seed)
     g = torch.Generator().manual_seed(seed)
     size = mcfg.image_size
     return col([{"pixel_values": torch.randn(3, size, size, generator=g)} for _ in range(batch_size)])
@@ -165,7 +164,7 @@ def test_sigreg_is_small_only_for_a_standard_gaussian(bad, factor):
 
 @pytest.mark.parametrize("on", ["samples", "tokens"])
 def test_model_sigreg_option_adds_its_loss(on):
-    config = tiny_image_config(sigreg_weight=0.1, sigreg_on=on)
+    config = tiny_image_config(objectives={"intra": {}, "sigreg": {"weight": 0.1, "over": on}})
     model = MMJepaModel(config)
     batch = make_batch(config)
     torch.manual_seed(0)
@@ -173,15 +172,15 @@ def test_model_sigreg_option_adds_its_loss(on):
     base = MMJepaModel(tiny_image_config())
     base.load_state_dict(model.state_dict())
     plain = base(**batch)
-    assert set(out.losses) == {"image", "image_sigreg"} and out.losses["image_sigreg"] > 0
-    assert torch.allclose(out.loss, plain.loss + 0.1 * out.losses["image_sigreg"], atol=1e-6)
+    assert set(out.losses) == {"intra/image", "sigreg/image"} and out.losses["sigreg/image"] > 0
+    assert torch.allclose(out.loss, plain.loss + 0.1 * out.losses["sigreg/image"], atol=1e-6)
     out.loss.backward()
     assert model.encoders["image"].embed.proj.weight.grad is not None
 
 
 @pytest.mark.parametrize("loss_type", ["l1", "l2"])
 def test_model_loss_types(loss_type):
-    config = tiny_image_config(loss_type=loss_type)
+    config = tiny_image_config(objectives={"intra": {"loss": loss_type}})
     out = MMJepaModel(config)(**make_batch(config))
     assert torch.isfinite(out.loss) and set(out.metrics) == {"image/pred_std", "image/target_std"}
 
@@ -234,15 +233,20 @@ def test_no_decay_groups(tiny_config):
 @pytest.mark.parametrize(
     "overrides, match",
     [
-        (dict(loss_type="huber"), "loss_type"),
+        (dict(objectives={"intra": {"loss": "huber"}}), "objectives.intra: loss must be one of"),
+        (dict(objectives={"intra": {"los": "l1"}}), "unknown intra objective option"),
+        (dict(objectives={"contrast": {}}), "unknown objective type 'contrast'"),
+        (dict(objectives={"readout": {"modality": "image"}}), "no vocab_size"),
+        (dict(objectives={"readout": {"modality": "text"}}), "no 'text' modality"),
+        (dict(objectives={}), "at least one objective"),
         (dict(hidden_size=30), "hidden_size"),
         (dict(position_embedding="alibi"), "position_embedding"),
         (dict(modalities={"smell": {}}), "unknown modality"),
         (dict(modalities={"image": {"patchsize": 4}}), "patchsize"),
         (dict(modalities={"image": {"image_size": 30, "patch_size": 4}}), "multiple of patch_size"),
         (dict(ema_momentum_start=1.2), "ema_momentum"),
-        (dict(sigreg_on="patches"), "sigreg"),
-        (dict(sigreg_weight=-1.0), "sigreg"),
+        (dict(objectives={"sigreg": {"over": "patches"}}), "objectives.sigreg: over must be"),
+        (dict(objectives={"sigreg": {"weight": -1.0}}), "weight must be >= 0"),
     ],
 )
 def test_config_rejects_bad_values(overrides, match):

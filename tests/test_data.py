@@ -13,8 +13,11 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from mmjepa import MMJepaConfig
-from mmjepa.data import (DataConfig, DataPipeline, DataStream, SampleProcessor, batches_per_second, decode_value,
+from mmjepa import MMJepaConfig, MMJepaModel
+from mmjepa.bench.data import measure_input
+from mmjepa.engine import load_recipe
+from mmjepa.modalities import get_modality, modality_for_extension
+from mmjepa.data import (DataConfig, DataPipeline, DataStream, SampleProcessor, decode_meta,
                          iterate_epoch, model_inputs)
 from mmjepa.datasets import digits, shared_data_dir
 from mmjepa.shards import write_shards
@@ -74,22 +77,29 @@ def epoch_keys(p: DataPipeline, epoch: int = 0) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- decode + process
-def test_decode_values():
+def test_plugins_decode_bytes_by_extension():
+    image, audio, text = (get_modality(m) for m in ("image", "audio", "text"))
     arr = (np.arange(64, dtype=np.uint8).reshape(8, 8) * 3)
-    img = decode_value("png", _png(arr))
+    img = image.decode(_png(arr), "png", image.make_config({"image_size": 8, "patch_size": 4}))
     assert np.array_equal(np.asarray(img), arr)
+    big = image.decode(_png(np.zeros((200, 120), np.uint8)), "png", image.make_config({"image_size": 16, "patch_size": 4}))
+    assert big.size == (40, 67)  # box-reduced by 3 (the largest factor keeping >= 2x the input size)
     buf = io.BytesIO()
     sf.write(buf, np.stack([np.full(800, 0.25), np.full(800, 0.75)], 1).astype("float32"), 8000, format="FLAC")
-    audio = decode_value("flac", buf.getvalue())
-    assert audio["sampling_rate"] == 8000 and np.allclose(audio["array"], 0.5, atol=1e-3)  # channels averaged
-    assert decode_value("txt", "héllo \n".encode()) == "héllo"
-    assert decode_value("json", b'{"a": 1}') == {"a": 1}
-    assert decode_value("cls", b"7") == 7
-    assert decode_value("png", arr) is arr  # already decoded values pass through
+    wav = audio.decode(buf.getvalue(), "flac", audio.make_config())
+    assert wav["sampling_rate"] == 8000 and np.allclose(wav["array"], 0.5, atol=1e-3)  # channels averaged
+    assert text.decode("héllo \n".encode(), "txt", text.make_config()) == "héllo"
+    with pytest.raises(ValueError, match="UTF-8"):
+        text.decode(b"\xff\xfe bad", "txt", text.make_config())
+    assert decode_meta("json", b'{"a": 1}') == {"a": 1}
+    assert decode_meta("cls", b"7") == 7
+    assert decode_meta("cls", 3) == 3  # already decoded values pass through
+    assert modality_for_extension("x.PNG") == "image" and modality_for_extension("flac") == "audio"
+    assert modality_for_extension("cls") is None
 
 
 def test_sample_processor_renames_and_processes():
-    proc = SampleProcessor(model_config(), DataConfig(sources=[{"type": "builtin", "name": "digits"}]).keys)
+    proc = SampleProcessor(model_config())
     arr = np.full((8, 8), 255, np.uint8)
     out = proc({"__key__": "k", "png": _png(arr), "cls": b"4", "json": b"{}"})
     assert set(out) == {"__key__", "pixel_values", "label"}
@@ -264,15 +274,18 @@ def test_audio_modality_plugs_in(tmp_path):
     b = next(iterate_epoch(p))
     assert b["input_features"].shape[0] == 4 and b["pixel_values"].shape[0] == 4
     assert set(b["masks"]) == {"image", "audio"}
-    from mmjepa import MMJepaModel
-
     out = MMJepaModel(cfg)(**model_inputs(b))
     assert torch.isfinite(out.loss)
 
 
 def test_input_throughput_is_measured():
-    sps, n = batches_per_second(pipeline([{"type": "builtin", "name": "digits"}]), 3, warmup=1)
-    assert sps > 0 and n == 12
+    recipe = load_recipe({"model": {"preset": None, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                    "predictor_hidden_size": 16, "predictor_num_hidden_layers": 1,
+                                    "predictor_num_attention_heads": 2, "modalities": {"image": dict(IMAGE)}},
+                          "data": {"sources": [{"type": "builtin", "name": "digits"}], "batch_size": 4, "num_workers": 0},
+                          "train": {"max_steps": 1}})
+    res = measure_input(recipe, batches=3, repeats=1, warmup=1)
+    assert res["samples_per_s"] > 0 and res["batch_size"] == 4
 
 
 @pytest.mark.parametrize("bad,match", [({"sources": []}, "at least one source"),

@@ -71,13 +71,15 @@ def test_grayscale_model():
 @pytest.mark.parametrize(
     "bad, match",
     [
-        ("a string", "PIL image, numpy array or torch tensor"),
+        ("no/such/file.png", "image file not found"),
+        (b"not an image", "could not decode image bytes"),
+        (12345, "PIL image, numpy array or torch tensor"),
         (np.zeros((2, 3, 4, 5, 6)), "shape"),
         (np.zeros((10, 10, 7)), "channels"),
         (np.zeros((0, 10, 3), dtype=np.uint8), "empty"),
         (np.full((4, 4, 3), np.nan, dtype=np.float32), "NaN"),
         (np.zeros((4, 4), dtype=np.complex64), "complex|dtype"),
-        (np.zeros((4, 4), dtype=bool), "dtype"),
+        (np.full((4, 4), 70000, dtype=np.int32), "0..65535"),
         (np.array([["a", "b"]], dtype=object), "numeric"),
         (np.full((4, 4, 3), -5.0, dtype=np.float32), r"\[0, 1\]"),
         ([], "no images"),
@@ -117,5 +119,5 @@ def test_mmjepa_processor_routes_to_modalities():
     assert proc(images=_pil("RGB"))["pixel_values"].shape == (1, 3, 32, 32)
     with pytest.raises(ValueError, match="at least one"):
         proc()
-    with pytest.raises(ValueError, match="no audio processor"):
+    with pytest.raises(ValueError, match=r"no audio= \(audio\) modality"):
         proc(audio=np.zeros(16000, dtype=np.float32), sampling_rate=16000)

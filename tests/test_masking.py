@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
-from mmjepa.masking import MaskCollator, MultiBlock2D, RandomPatch
+from mmjepa.collate import MaskCollator
+from mmjepa.masking import MultiBlock2D, RandomPatch
+from mmjepa.modalities import get_modality
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -124,7 +126,9 @@ def test_random_patch_rejects_degenerate_ratio():
 
 
 def test_collator_batches_and_resumes():
-    col = MaskCollator({"image": ("pixel_values", MultiBlock2D(grid=(8, 8), min_keep=2))}, seed=3)
+    image = get_modality("image")
+    col = MaskCollator({"image": (image, image.make_config({"image_size": 32, "patch_size": 4}),
+                                  MultiBlock2D(grid=(8, 8), min_keep=2))}, seed=3)
     samples = [{"pixel_values": torch.randn(3, 32, 32), "label": i} for i in range(4)]
     col(samples)
     state = col.state_dict()

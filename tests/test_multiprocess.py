@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmjepa.train import list_checkpoints, load_recipe, train
+from mmjepa.engine import list_checkpoints, load_recipe, train
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="needs torch.distributed with gloo")
@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent('''
     import json, os, signal, sys
     import torch
     mode, recipe, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-    from mmjepa.train import load_recipe, train
+    from mmjepa.engine import load_recipe, train
 
     if mode == "data":
         from accelerate import Accelerator
@@ -198,8 +198,8 @@ FSDP_SCRIPT = textwrap.dedent('''
     from mmjepa import MMJepaModel
     from mmjepa.data import DataPipeline, DataStream, model_inputs
     from mmjepa.layers import Block
-    from mmjepa.optim import build_optimizer
-    from mmjepa.train import load_recipe
+    from mmjepa.engine.optim import build_optimizer
+    from mmjepa.engine import load_recipe
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

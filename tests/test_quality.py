@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
+from transformers import BertForMaskedLM
 
 from mmjepa.bench import quality
 from mmjepa.modalities.audio import AudioProcessor
+from mmjepa_cli import main as cli_main
 
 from test_audio import tiny_model, tone, SR
 
@@ -16,7 +19,7 @@ def test_frequency_row_pooling_averages_real_time_patches_per_row():
     acfg = model.config.modality_config("audio")
     out = AudioProcessor(acfg)([tone(0.2), tone(1.0, freq=880.0)], sampling_rate=SR)
     feats, valid = out["input_features"], out["input_features_valid"]
-    pooled = quality._embed(model, feats, valid, acfg.grid)
+    pooled = quality._embed(model, feats, valid)
     assert pooled["freq_rows"].shape == (2, 2 * 32) and pooled["mean"].shape == (2, 32)
     h = model.encode(input_features=feats, input_features_valid=valid)["audio"].unflatten(1, (2, 4))  # (B, F, T, D)
     # clip 0 has 2 real time patches, clip 1 all 4
@@ -37,8 +40,6 @@ def test_logmel_baseline_pools_only_real_frames():
 
 @pytest.mark.parametrize("target", [300_000, 1_000_000])
 def test_bert_baseline_has_the_closest_parameter_count(target):
-    from transformers import BertForMaskedLM
-
     cfg = quality.bert_matching(target, vocab=500, hidden=64, heads=4, max_len=64)
     chosen = cfg.num_hidden_layers
 
@@ -69,16 +70,16 @@ def test_cli_takes_overrides_before_or_after_options(monkeypatch, tmp_path):
 
     monkeypatch.setitem(quality.BENCHES, "fsdd", fake_bench)
     out = tmp_path / "r.json"
-    assert quality.main(["fsdd", "--steps", "3", "model.sigreg_weight=0.1", "--json", str(out), "train.seed=1"]) == 0
-    assert seen["override"] == ["model.sigreg_weight=0.1", "train.seed=1"] and seen["steps"] == 3
+    argv = ["bench", "quality", "fsdd", "--steps", "3", "model.objectives.sigreg.weight=0.1", "--json", str(out),
+            "train.seed=1"]
+    assert cli_main(argv) == 0
+    assert seen["overrides"] == ["model.objectives.sigreg.weight=0.1", "train.seed=1"] and seen["steps"] == 3
     assert '"command": "mmjepa bench quality fsdd' in out.read_text()
 
 
 def test_learning_curves_plot(tmp_path):
-    from PIL import Image
-
     m = [{"step": 50 * i, "loss": 7.0 - 0.1 * i, "elapsed_s": 10.0 * i} for i in range(1, 6)]
     b = [{"step": 50 * i, "loss": 7.0 - 0.05 * i, "elapsed_s": 12.0 * i} for i in range(1, 5)]
     path = quality._plot_curves(m, b, 6.1, tmp_path / "curves.png")
     img = Image.open(path)
-    assert img.size == (720, 420) and len(set(img.getdata())) > 3  # axes, text and three coloured lines
+    assert img.size == (720, 420) and len(set(img.convert("RGB").get_flattened_data())) > 3  # axes, text and three coloured lines

@@ -12,7 +12,8 @@ import soundfile as sf
 from PIL import Image
 
 from mmjepa.datasets import shared_data_dir
-from mmjepa.shards import folder_samples, main, read_manifest, sanitize_key, write_shards
+from mmjepa.shards import folder_samples, read_manifest, sanitize_key, write_shards
+from mmjepa_cli import main as cli_main
 
 
 def _png(value: int = 128, size: int = 12) -> bytes:
@@ -110,7 +111,7 @@ def test_manifest_inputs(folder, tmp_path, kind):
             w.writerows(rows)
     else:
         path.write_text("\n".join(json.dumps(r) for r in rows))
-    assert main([kind, str(path), str(tmp_path / "out"), "--quiet"]) == 0
+    assert cli_main(["shards", kind, str(path), str(tmp_path / "out"), "--quiet"]) == 0
     manifest = read_manifest(tmp_path / "out")
     names = sorted(_tar_members(manifest["shards"][0]["url"]))
     assert names == ["one.cls", "one.json", "one.png", "one.txt", "one.wav", "two.cls", "two.jpg", "two.json", "two.txt"]
@@ -124,7 +125,7 @@ def test_hf_dataset_input(tmp_path):
                                     features=datasets.Features({"image": datasets.Image(), "text": datasets.Value("string"),
                                                                 "label": datasets.Value("int64")}))
     ds.save_to_disk(str(tmp_path / "hf"))
-    assert main(["hf", str(tmp_path / "hf"), str(tmp_path / "out"), "--quiet"]) == 0
+    assert cli_main(["shards", "hf", str(tmp_path / "hf"), str(tmp_path / "out"), "--quiet"]) == 0
     manifest = read_manifest(tmp_path / "out")
     assert manifest["total"] == 3 and manifest["fields"] == {"png": 3, "txt": 3, "cls": 3}
 

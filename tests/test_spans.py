@@ -8,11 +8,14 @@ import pytest
 import torch
 
 from mmjepa import MMJepaConfig, MMJepaModel
-from mmjepa.masking import MaskCollator
-from mmjepa.modalities.text import SpanMasking, TextModality, TextProcessor
-from mmjepa.spans import (chunk_ids, fill_spans_text, main_spans, masked_token_accuracy, mmjepa_predictor,
-                          span_masks)
+from mmjepa.collate import MaskCollator
+from mmjepa.masking import SpanMasking
+from mmjepa.modalities.text import TextModality, TextProcessor
+from mmjepa.eval.spans import (_completions, chunk_ids, fill_spans, fill_spans_text, masked_token_accuracy,
+                                mmjepa_predictor, span_masks)
+from mmjepa.modalities.text import vocab_fingerprint
 from mmjepa.tokenizer import train_tokenizer
+from mmjepa_cli import main as cli_main
 
 from test_text import WORDS, corpus
 
@@ -24,10 +27,10 @@ def tokenizer():
     return train_tokenizer(texts=corpus(), vocab_size=VOCAB)
 
 
-def tiny_model(**text) -> MMJepaModel:
+def tiny_model(objectives: dict | None = None, **text) -> MMJepaModel:
     cfg = MMJepaConfig(modalities={"text": {"vocab_size": VOCAB, "max_length": LENGTH, **text}}, hidden_size=32,
                        num_hidden_layers=2, num_attention_heads=2, predictor_hidden_size=16,
-                       predictor_num_hidden_layers=1, predictor_num_attention_heads=2)
+                       predictor_num_hidden_layers=1, predictor_num_attention_heads=2, objectives=objectives)
     return MMJepaModel(cfg)
 
 
@@ -42,19 +45,18 @@ def text_batch(model: MMJepaModel, tokenizer, n: int = 4, seed: int = 0, texts: 
     proc = TextProcessor(cfg, tokenizer=tokenizer)
     enc = proc(texts or corpus(n, seed=seed))
     samples = [{"input_ids": i, "attention_mask": a} for i, a in zip(enc["input_ids"], enc["attention_mask"])]
-    col = MaskCollator({"text": ("input_ids", TextModality.build_mask_sampler(cfg))}, seed=seed,
-                       collate_fns={"text": TextModality.collate})
+    col = MaskCollator.from_config(model.config, seed=seed)
     return col(samples)
 
 
 @pytest.mark.parametrize("stop_grad", [False, True])
 def test_readout_loss_joins_the_latent_loss(tokenizer, stop_grad):
-    model = tiny_model(readout_weight=0.5, readout_stop_grad=stop_grad)
+    model = tiny_model({"intra": {}, "readout": {"modality": "text", "weight": 0.5, "stop_grad": stop_grad}})
     out = model(**text_batch(model, tokenizer))
-    assert set(out.losses) == {"text", "text_mlm"} and "text/mlm_acc" in out.metrics
-    torch.testing.assert_close(out.loss, out.losses["text"] + 0.5 * out.losses["text_mlm"])
-    out.losses["text_mlm"].backward()
-    assert model.text_readout.decoder.weight.grad.abs().sum() > 0
+    assert set(out.losses) == {"intra/text", "readout/text"} and "text/readout_acc" in out.metrics
+    torch.testing.assert_close(out.loss, out.losses["intra/text"] + 0.5 * out.losses["readout/text"])
+    out.losses["readout/text"].backward()
+    assert model.objectives["readout"].head.decoder.weight.grad.abs().sum() > 0
     pred_grad = model.predictor.predictor_proj.weight.grad
     if stop_grad:
         assert pred_grad is None or pred_grad.abs().sum() == 0
@@ -62,11 +64,11 @@ def test_readout_loss_joins_the_latent_loss(tokenizer, stop_grad):
         assert pred_grad.abs().sum() > 0
 
 
-def test_no_readout_without_the_option():
-    model = tiny_model(readout=False)
-    assert model.text_readout is None
-    with pytest.raises(ValueError, match="readout"):
-        model.fill_spans(torch.full((1, 4), 4))
+def test_a_text_model_gets_a_readout_by_default_and_none_without_it():
+    assert list(tiny_model().objectives) == ["intra", "readout"]
+    model = tiny_model({"intra": {}})
+    with pytest.raises(ValueError, match="no readout objective"):
+        fill_spans(model, torch.full((1, 4), 4))
 
 
 def test_model_fill_spans_shapes(tokenizer):
@@ -75,13 +77,13 @@ def test_model_fill_spans_shapes(tokenizer):
     ids[0, 3:6] = 4
     ids[1, 10] = 4
     ids[2, [1, 7]] = 4
-    out = model.fill_spans(ids, top_k=3)
+    out = fill_spans(model, ids, top_k=3)
     assert out["top_ids"].shape == (3, 3, 3) and out["top_probs"].shape == (3, 3, 3)
     assert out["valid"].sum(1).tolist() == [3, 1, 2]
     assert out["positions"][0].tolist() == [3, 4, 5]
     assert torch.all(out["top_probs"][..., :-1] >= out["top_probs"][..., 1:])
     with pytest.raises(ValueError, match="at least one masked"):
-        model.fill_spans(torch.randint(5, VOCAB, (1, LENGTH)))
+        fill_spans(model, torch.randint(5, VOCAB, (1, LENGTH)))
 
 
 @pytest.mark.parametrize("text, n_tokens", [
@@ -96,13 +98,12 @@ def test_fill_spans_text_returns_one_list_per_span(tokenizer, text, n_tokens):
     assert len(spans) == len(n_tokens)
     for completions, n in zip(spans, n_tokens):
         assert len(completions) == 4
+        texts = [c for c, _ in completions]
+        assert all(texts) and len(set(texts)) == 4  # never empty, always distinct
         probs = [p for _, p in completions]
         assert probs == sorted(probs, reverse=True) and 0 < probs[0] <= 1
         for completion, _ in completions:  # n tokens decoded together
             assert len(tokenizer(completion, add_special_tokens=False)["input_ids"]) <= n + 1
-    # the processor-level helper gives the same answer
-    proc = TextProcessor(model.config.modality_config("text"), tokenizer=tokenizer)
-    assert [[c for c, _ in s] for s in proc.fill_spans(model, [text], top_k=4)[0]] == [[c for c, _ in s] for s in spans]
     with pytest.raises(ValueError, match="no <mask>"):
         fill_spans_text(model, tokenizer, "no marker here")
 
@@ -127,7 +128,7 @@ def test_masked_token_accuracy_scores_a_perfect_and_a_constant_predictor():
 def _eval_cli(model: MMJepaModel, tokenizer, folder, text) -> dict:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    assert main_spans(["--model", str(folder), "--text", str(text), "--json", str(folder / "r.json")]) == 0
+    assert cli_main(["eval", "spans", "--model", str(folder), "--text", str(text), "--json", str(folder / "r.json")]) == 0
     return json.loads((folder / "r.json").read_text())
 
 
@@ -158,9 +159,38 @@ def test_a_few_steps_teach_the_readout_and_eval_spans_cli_reports_it(tokenizer, 
         out.loss.backward()
         opt.step()
         model.update_target(0.99)
-        losses.append(float(out.losses["text_mlm"].detach()))
+        losses.append(float(out.losses["readout/text"].detach()))
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.5
     after = _eval_cli(model, tokenizer, tmp_path / "after", text)
     for res in (before, after):
         assert 0.0 <= res["top1"] <= res["top5"] <= 1.0 and res["num_masked"] == before["num_masked"] > 0
     assert after["top5"] > before["top5"] + 0.03
+
+
+def test_a_tokenizer_of_another_vocabulary_is_refused(tokenizer, tmp_path):
+    """The model records its tokenizer's vocabulary: span filling refuses another one, whose ids
+    would mean other words (here: a tokenizer trained on other text, of the same size)."""
+    other = train_tokenizer(texts=cycle_text(200, seed=5), vocab_size=VOCAB)
+    assert vocab_fingerprint(other) != vocab_fingerprint(tokenizer)
+    model = tiny_model(vocab_fingerprint=vocab_fingerprint(tokenizer)).eval()
+    assert fill_spans_text(model, tokenizer, "The king <mask> the crown.")  # the right one works
+    with pytest.raises(ValueError, match="not the one the model was trained with"):
+        fill_spans_text(model, other, "The king <mask> the crown.")
+    text = tmp_path / "t.txt"
+    text.write_text(" ".join(cycle_text(10)), encoding="utf-8")
+    model.save_pretrained(tmp_path / "m")
+    other.save_pretrained(tmp_path / "m")
+    assert cli_main(["eval", "spans", "--model", str(tmp_path / "m"), "--text", str(text)]) == 2
+
+
+def test_completions_skip_empty_strings_and_merge_duplicates(tokenizer):
+    """A span whose best tokens decode to nothing (a bare word boundary, a special token) or to
+    the same string never yields an empty or a repeated completion."""
+    blank = tokenizer.convert_tokens_to_ids("\u2581")  # the bare word-boundary piece
+    word = tokenizer("king", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([[tokenizer.pad_token_id, blank, *word[:1], 5, 6]])
+    probs = torch.tensor([[0.4, 0.3, 0.1, 0.1, 0.1]])
+    out = _completions(probs, ids, tokenizer, 3)
+    texts = [t for t, _ in out]
+    assert "" not in texts and len(set(texts)) == len(texts)
+    assert texts[0] == tokenizer.decode(word[:1]).strip()

@@ -11,11 +11,12 @@ pytest.importorskip("lightly")
 pytest.importorskip("torchvision")
 
 from mmjepa.bench import speed  # noqa: E402
+from mmjepa_cli import main as cli_main  # noqa: E402
 
 
 def test_tiny_bench_writes_json(tmp_path):
     out = tmp_path / "speed.json"
-    rc = speed.main(["--tiny", "--json", str(out), "--repeats", "1", "--warmup", "1", "--steps", "1",
+    rc = cli_main(["bench", "speed", "--tiny", "--json", str(out), "--repeats", "1", "--warmup", "1", "--steps", "1",
                      "--peak-size", "128", "--check-batches", "2", "--skip", "memory", "--precision", "fp32"])
     assert rc == 0
     r = json.loads(out.read_text())

@@ -9,8 +9,10 @@ import torch
 from transformers import AutoTokenizer
 
 from mmjepa import MMJepaConfig, MMJepaModel
-from mmjepa.modalities.text import SpanMasking, TextConfig, TextModality, TextProcessor, geometric_p_for_mean
-from mmjepa.tokenizer import SPECIAL_TOKENS, main as tokenizer_main, train_tokenizer
+from mmjepa.masking import SpanMasking, geometric_p_for_mean
+from mmjepa.modalities.text import TextConfig, TextModality, TextProcessor
+from mmjepa.tokenizer import SPECIAL_TOKENS, train_tokenizer
+from mmjepa_cli import main as cli_main
 
 WORDS = ("the king queen lord lady love death night day sword crown blood heart speak hear "
          "good noble gentle sweet fair honour grace call come go stay fly weep").split()
@@ -31,7 +33,7 @@ def corpus_file(tmp_path_factory):
 @pytest.mark.parametrize("model_type", ["unigram", "bpe"])
 def test_tokenizer_cli_train_save_load_round_trip(corpus_file, tmp_path, model_type):
     out = tmp_path / model_type
-    rc = tokenizer_main(["train", "--input", str(corpus_file), "--vocab-size", "80", "--model-type", model_type,
+    rc = cli_main(["tokenizer", "train", "--input", str(corpus_file), "--vocab-size", "80", "--model-type", model_type,
                          "--output", str(out)])
     assert rc == 0
     tok = AutoTokenizer.from_pretrained(out)
@@ -61,7 +63,7 @@ def test_tokenizer_rejects_bad_options(corpus_file, kwargs, match):
 
 
 def test_tokenizer_cli_reports_missing_input(tmp_path, capsys):
-    rc = tokenizer_main(["train", "--input", str(tmp_path / "nope.txt"), "--output", str(tmp_path / "out")])
+    rc = cli_main(["tokenizer", "train", "--input", str(tmp_path / "nope.txt"), "--output", str(tmp_path / "out")])
     assert rc == 2 and "not a file" in capsys.readouterr().err
 
 
@@ -117,9 +119,12 @@ def test_span_masking_respects_padding_and_packs_variable_lengths():
 
 
 def test_text_collate_pads_and_marks_real_tokens():
-    out = TextModality.collate([{"input_ids": [5, 6, 7]}, {"input_ids": torch.tensor([8, 9])}])
-    assert out["input_ids"].tolist() == [[5, 6, 7], [8, 9, 0]]
-    assert out["input_ids_valid"].tolist() == [[True, True, True], [True, True, False]]
+    cfg = TextConfig(vocab_size=80, max_length=4)
+    out = TextModality.collate([{"input_ids": [5, 6, 7]}, {"input_ids": torch.tensor([8, 9])}], cfg)
+    assert out["input_ids"].tolist() == [[5, 6, 7, 0], [8, 9, 0, 0]]
+    assert out["input_ids_valid"].tolist() == [[True, True, True, False], [True, True, False, False]]
+    with pytest.raises(ValueError, match="more than max_length"):
+        TextModality.collate([{"input_ids": list(range(5))}], cfg)
 
 
 def tiny_text_model(**text) -> MMJepaModel:

@@ -1,4 +1,4 @@
-"""The trainer (mmjepa.train) in one process: results, checkpoints, exact resume, atomic saves,
+"""The trainer (mmjepa.engine) in one process: results, checkpoints, exact resume, atomic saves,
 schedules, gradient accumulation, precision and memory options, trackers, the CLI."""
 
 from __future__ import annotations
@@ -8,10 +8,12 @@ import math
 
 import pytest
 import torch
+import yaml
 
 from mmjepa import MMJepaModel
-from mmjepa.optim import cosine, cosine_with_warmup
-from mmjepa.train import list_checkpoints, load_recipe, main, train
+from mmjepa.engine.optim import cosine, cosine_with_warmup
+from mmjepa.engine import list_checkpoints, load_recipe, train
+from mmjepa_cli import main as cli_main
 
 # masks that cover a fixed 7x7 block of the 8x8 grid: identical for any generator, so runs that
 # see the same samples in different batch layouts must reach the same weights
@@ -57,7 +59,7 @@ def test_train_result_and_artifacts(tmp_path):
     assert r.steps == 6 and r.samples_seen == 48 and r.train_samples_per_s > 0
     assert [h["step"] for h in r.history] == [2, 4, 6]
     h = r.history[-1]
-    for key in ("loss", "loss/image", "image/pred_std", "image/target_std", "lr", "weight_decay", "ema_momentum",
+    for key in ("loss", "loss/intra/image", "image/pred_std", "image/target_std", "lr", "weight_decay", "ema_momentum",
                 "grad_norm", "samples_per_s", "samples_seen"):
         assert key in h and math.isfinite(h[key]), key
     assert [p.name for p in list_checkpoints(r.output_dir)] == ["step_00000004", "step_00000006"]  # kept 2
@@ -176,16 +178,14 @@ def test_tensorboard_tracker(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    import yaml
-
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
-    assert main([str(path), "train.max_steps=2", "train.save_every=0"]) == 0
+    assert cli_main(["train", str(path), "train.max_steps=2", "train.save_every=0"]) == 0
     assert "trained 2 steps" in capsys.readouterr().out
-    assert main([str(path), "train.max_step=2"]) == 2
+    assert cli_main(["train", str(path), "train.max_step=2"]) == 2
     assert "train.max_step" in capsys.readouterr().err
     for argv in ([str(path), "--print", "train.max_steps=3"], [str(path), "train.max_steps=3", "--print"]):
-        assert main(argv) == 0  # overrides may come before or after the options
+        assert cli_main(["train", *argv]) == 0  # overrides may come before or after the options
         assert yaml.safe_load(capsys.readouterr().out)["train"]["max_steps"] == 3
 
 

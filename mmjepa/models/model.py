@@ -1,4 +1,13 @@
-"""``MMJepaModel``: context encoders, EMA target encoders and one cross-modal predictor."""
+"""``MMJepaModel``: context encoders, EMA target encoders, one cross-modal predictor, and the
+objectives its config names.
+
+Design decisions:
+- one encoder per modality over that modality's tokens (built by its plug-in's embed), of one
+  width D: the shared latent space; the EMA target encoders are exact copies at init;
+- the forward builds a :class:`JepaView` of the batch and sums the objectives' weighted losses; the
+  view computes context latents, targets and predictions once, when an objective first asks;
+- nothing here knows a modality or an objective by name: plug-ins and registries do.
+"""
 
 from __future__ import annotations
 
@@ -13,18 +22,19 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from ..layers import Transformer, gather_tokens
+from ..modalities import get_modality
+from ..objectives import build_objectives
 from .config import MMJepaConfig
 from .ema import ema_update, momentum_at
 from .encoder import Encoder
-from .layers import RotaryEmbedding, Transformer, gather_tokens, masked_mean
-from .losses import collapse_metrics, latent_loss, sigreg
-from .modalities import get_modality
 from .predictor import Predictor
 
 
 @dataclass
 class MMJepaOutput(ModelOutput):
-    """Training forward output: ``loss`` (scalar), ``losses`` (per modality), ``metrics`` (monitors)."""
+    """Training forward output: ``loss`` (scalar), ``losses`` (every objective's terms by name),
+    ``metrics`` (monitors)."""
 
     loss: torch.Tensor | None = None
     losses: dict[str, torch.Tensor] | None = None
@@ -35,7 +45,6 @@ class MMJepaPreTrainedModel(PreTrainedModel):
     config_class = MMJepaConfig
     config: MMJepaConfig
     base_model_prefix = "mmjepa"
-    main_input_name = "pixel_values"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["Block"]
@@ -83,55 +92,43 @@ class MMJepaModel(MMJepaPreTrainedModel):
     - ``target_encoders[m]``: its EMA copy (no gradients), sees all tokens; its layer-normed outputs
       are the prediction targets, and it provides the embeddings for downstream use;
     - ``predictor``: one narrow transformer that predicts target latents of any modality from the
-      context latents of all modalities present.
+      context latents of all modalities present;
+    - ``objectives``: the losses (``mmjepa.objectives``), with their own parameters (e.g. a readout head).
     """
 
     def __init__(self, config: MMJepaConfig):
         super().__init__(config)
-        rope = config.position_embedding == "rope"
         self.modality_names = list(config.modalities)
-        encoders = {}
-        for name in self.modality_names:
-            mod = get_modality(name)
-            mcfg = config.modality_config(name)
-            embed = mod.build_embed(mcfg, config.hidden_size, add_positions=not rope)
-            encoders[name] = Encoder(embed, config.hidden_size, config.num_hidden_layers, config.num_attention_heads,
-                                     config.mlp_ratio, config.qkv_bias, config.layer_norm_eps, rope=rope)
-        self.encoders = nn.ModuleDict(encoders)
-        self.target_encoders = nn.ModuleDict(
-            {name: Encoder(get_modality(name).build_embed(config.modality_config(name), config.hidden_size,
-                                                          add_positions=not rope),
-                           config.hidden_size, config.num_hidden_layers, config.num_attention_heads,
-                           config.mlp_ratio, config.qkv_bias, config.layer_norm_eps, rope=rope)
-             for name in self.modality_names}
-        )
+        self.main_input_name = get_modality(self.modality_names[0]).input_key
+        self.encoders = nn.ModuleDict({m: self._encoder(m) for m in self.modality_names})
+        self.target_encoders = nn.ModuleDict({m: self._encoder(m) for m in self.modality_names})
         self.target_encoders.requires_grad_(False)
-        self.predictor = Predictor(config.hidden_size, config.predictor_hidden_size, config.predictor_num_hidden_layers,
-                                   config.predictor_num_attention_heads,
-                                   {name: enc.embed for name, enc in self.encoders.items()}, config.mlp_ratio,
-                                   config.qkv_bias, config.layer_norm_eps, rope=rope)
-        # masked-span prediction: predicted text latents -> vocabulary logits (modalities/text.py)
-        self.text_readout = None
-        if "text" in config.modalities and config.modality_config("text").readout:
-            from .modalities.text import TextReadout
-
-            self.text_readout = TextReadout(config.hidden_size, config.modality_config("text"), config.layer_norm_eps)
+        c = config
+        self.predictor = Predictor(c.hidden_size, c.predictor_hidden_size, c.predictor_num_hidden_layers,
+                                   c.predictor_num_attention_heads,
+                                   {m: enc.embed for m, enc in self.encoders.items()}, c.mlp_ratio,
+                                   c.qkv_bias, c.layer_norm_eps, rope=c.position_embedding == "rope")
+        self.objectives = build_objectives(config)
         self.post_init()
 
+    def _encoder(self, name: str) -> Encoder:
+        c, rope = self.config, self.config.position_embedding == "rope"
+        embed = get_modality(name).build_embed(c.modality_config(name), c.hidden_size, add_positions=not rope)
+        return Encoder(embed, c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.mlp_ratio, c.qkv_bias,
+                       c.layer_norm_eps, rope=rope)
+
     # ------------------------------------------------------------------ helpers
-    def _inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def model_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """{modality: model input} for every modality of this model present in ``batch``."""
         out = {}
         for name in self.modality_names:
-            key = get_modality(name).input_key
-            if batch.get(key) is not None:
-                out[name] = batch[key]
+            x = batch.get(get_modality(name).input_key)
+            if x is not None:
+                out[name] = x
         if not out:
             keys = [get_modality(n).input_key for n in self.modality_names]
             raise ValueError(f"no model input given: expected at least one of {keys}")
         return out
-
-    def _valid(self, name: str, batch: dict[str, Any]) -> torch.Tensor | None:
-        return get_modality(name).valid_tokens(batch, self.encoders[name].embed)
 
     def momentum(self, step: int, total_steps: int) -> float:
         """EMA momentum at ``step`` of ``total_steps`` under the config's linear schedule."""
@@ -145,77 +142,89 @@ class MMJepaModel(MMJepaPreTrainedModel):
     # ------------------------------------------------------------------ training forward
     def forward(self, masks: dict[str, dict[str, torch.Tensor]] | None = None, return_dict: bool = True,
                 **batch: Any) -> MMJepaOutput:
-        """Latent prediction loss for a collated batch (model inputs + ``masks`` from the collator)."""
-        inputs = self._inputs(batch)
+        """The weighted sum of the objectives on a collated batch (model inputs + ``masks`` from
+        :class:`mmjepa.collate.MaskCollator`)."""
         if masks is None:
             raise ValueError("the training forward needs `masks` from mmjepa's mask collator; "
                              "use model.embed(...) for embeddings")
-        missing = sorted(set(masks) - set(inputs))
-        if missing:
-            raise ValueError(f"masks given for modalities without inputs: {missing}")
-        D = self.config.hidden_size
-
-        # context encoders on the visible tokens of every modality
-        context = []
-        for name, ms in masks.items():
-            z = self.encoders[name](inputs[name], ms["context"], ms.get("context_valid"))  # (B, Kc, D)
-            context.append((name, z, ms["context"], ms.get("context_valid")))
-
-        losses, metrics = {}, {}
-        for name, ms in masks.items():
-            tidx = ms["target"]  # (B, M, Kt)
-            B, M, Kt = tidx.shape
-            with torch.no_grad():
-                h = self.target_encoders[name](inputs[name], None, self._valid(name, batch))  # (B, N, D)
-                h = gather_tokens(h, tidx.reshape(B, M * Kt))  # (B, M*Kt, D)
-                h = F.layer_norm(h, (D,)).reshape(B * M, Kt, D)
-            pred = self.predictor(context, name, tidx, ms.get("target_valid"))  # (B*M, Kt, D)
-            tv = ms.get("target_valid")
-            losses[name] = latent_loss(pred, h, self.config.loss_type, tv.reshape(B * M, Kt) if tv is not None else None)
-            for k, v in collapse_metrics(pred, h).items():
-                metrics[f"{name}/{k}"] = v
-            if name == "text" and self.text_readout is not None:  # cross-entropy on the masked tokens
-                readout_loss, metrics["text/mlm_acc"] = self.text_readout.loss(pred, inputs[name], tidx, tv)
-        loss = torch.stack(list(losses.values())).mean()
-        if self.config.sigreg_weight > 0:  # LeJEPA's anti-collapse regulariser on the context latents
-            for name, z, _, cv in context:
-                reg = sigreg(_sigreg_inputs(z, cv, self.config.sigreg_on), self.config.sigreg_num_slices)
-                losses[f"{name}_sigreg"] = reg
-                loss = loss + self.config.sigreg_weight * reg / len(context)
-        if "text" in masks and self.text_readout is not None:
-            losses["text_mlm"] = readout_loss
-            loss = loss + self.text_readout.cfg.readout_weight * readout_loss
+        view = JepaView(self, batch, masks)
+        loss, losses, metrics = 0.0, {}, {}
+        for objective in self.objectives.values():
+            out = objective(view)
+            if out is None:
+                continue
+            loss = loss + objective.weight * out.loss
+            losses.update(out.terms)
+            metrics.update(out.metrics)
+        if not losses:
+            raise ValueError(f"no objective applies to this batch (objectives: {list(self.objectives)}, "
+                             f"masked modalities: {list(masks)})")
         return MMJepaOutput(loss=loss, losses=losses, metrics=metrics)
-
-    def fill_spans(self, input_ids: torch.Tensor, span_mask: torch.Tensor | None = None, top_k: int = 5,
-                   **kwargs: Any) -> dict[str, torch.Tensor]:
-        """Predict masked text tokens (see ``mmjepa.spans.fill_spans``): top-k ids/probs per masked position."""
-        from .spans import fill_spans
-
-        return fill_spans(self, input_ids, span_mask, top_k=top_k, **kwargs)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def encode(self, use_target: bool = True, **batch: Any) -> dict[str, torch.Tensor]:
         """Token latents of every modality present: {name: (B, N, D)} (target encoders by default)."""
         encoders = self.target_encoders if use_target else self.encoders
-        return {name: encoders[name](x, None, self._valid(name, batch)) for name, x in self._inputs(batch).items()}
+        return {name: encoders[name](x, None, get_modality(name).valid_tokens(batch))
+                for name, x in self.model_inputs(batch).items()}
 
     @torch.no_grad()
     def embed(self, use_target: bool = True, normalize: bool = True, **batch: Any) -> dict[str, torch.Tensor]:
-        """Pooled embeddings {name: (B, D)}: mean over real tokens, L2-normalised by default."""
+        """Pooled embeddings {name: (B, D)} (each plug-in's pooling: the mean over real tokens),
+        L2-normalised by default."""
         out = {}
         for name, h in self.encode(use_target=use_target, **batch).items():
-            pooled = masked_mean(h, self._valid(name, batch))  # (B, D)
+            mod = get_modality(name)
+            pooled = mod.pool(h, mod.valid_tokens(batch), self.config.modality_config(name))  # (B, D)
             out[name] = F.normalize(pooled, dim=-1) if normalize else pooled
         return out
 
 
-def _sigreg_inputs(z: torch.Tensor, valid: torch.Tensor | None, on: str) -> torch.Tensor:
-    """Context latents (B, K, D) -> the rows SIGReg regularises: (B, D) sample means or (n, D) real tokens."""
-    if on == "tokens":
-        return z.reshape(-1, z.shape[-1]) if valid is None else z[valid]
-    return masked_mean(z, valid)
+class JepaView:
+    """One batch as the objectives see it (``mmjepa.objectives.LatentView``): context latents,
+    targets and predictions of each masked modality, computed on first request and cached."""
+
+    def __init__(self, model: MMJepaModel, batch: dict[str, Any], masks: dict[str, dict[str, torch.Tensor]]):
+        self.model, self.config, self.batch, self.masks = model, model.config, batch, masks
+        self.inputs = model.model_inputs(batch)
+        missing = sorted(set(masks) - set(self.inputs))
+        if missing:
+            raise ValueError(f"masks given for modalities without inputs: {missing}")
+        self._context: dict[str, tuple] = {}
+        self._targets: dict[str, tuple] = {}
+        self._predictions: dict[str, torch.Tensor] = {}
+
+    def valid(self, modality: str) -> torch.Tensor | None:
+        return get_modality(modality).valid_tokens(self.batch)
+
+    def context(self, modality: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        if modality not in self._context:
+            ms = self.masks[modality]
+            z = self.model.encoders[modality](self.inputs[modality], ms["context"], ms.get("context_valid"))
+            self._context[modality] = (z, ms["context"], ms.get("context_valid"))  # (B, Kc, D)
+        return self._context[modality]
+
+    def targets(self, modality: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if modality not in self._targets:
+            tidx = self.masks[modality]["target"]  # (B, M, Kt)
+            B, M, Kt = tidx.shape
+            D = self.config.hidden_size
+            with torch.no_grad():
+                h = self.model.target_encoders[modality](self.inputs[modality], None, self.valid(modality))  # (B, N, D)
+                h = gather_tokens(h, tidx.reshape(B, M * Kt))  # (B, M*Kt, D)
+                h = F.layer_norm(h, (D,)).reshape(B * M, Kt, D)
+            tv = self.masks[modality].get("target_valid")
+            self._targets[modality] = (h, None if tv is None else tv.reshape(B * M, Kt))
+        return self._targets[modality]
+
+    def predictions(self, modality: str) -> torch.Tensor:
+        if modality not in self._predictions:
+            contexts = [(m, *self.context(m)) for m in self.masks]
+            ms = self.masks[modality]
+            self._predictions[modality] = self.model.predictor(contexts, modality, ms["target"],
+                                                               ms.get("target_valid"))  # (B*M, Kt, D)
+        return self._predictions[modality]
 
 
 def compile_model(model: MMJepaModel, **compile_kwargs: Any) -> MMJepaModel:

@@ -1,5 +1,5 @@
-"""Optimizer and schedules: AdamW without weight decay on norms, biases and embeddings; LR warm-up +
-cosine; cosine weight-decay schedule (I-JEPA: 0.04 -> 0.4)."""
+"""Optimizer and schedules: AdamW without weight decay on norms, biases and learned tokens; LR
+warm-up + cosine; cosine weight-decay schedule (I-JEPA: 0.04 -> 0.4)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,19 @@ import math
 
 import torch
 from torch import nn
+from transformers.trainer_pt_utils import get_parameter_names
+
+# never decayed: biases, LayerNorms (by type, as transformers' Trainer does) and learned tokens
+NO_DECAY_NAMES = ["bias", "mask_token", "modality_embed"]
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: matrices decayed; 1-D tensors (norms, biases), tokens and embeddings not decayed."""
+    """Two AdamW groups: weights decayed; biases, LayerNorms and learned tokens not decayed."""
+    decayed = set(get_parameter_names(model, [nn.LayerNorm], NO_DECAY_NAMES))
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim < 2 or "token" in name or "modality_embed" in name or "embedding" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
+        if p.requires_grad:
+            (decay if name in decayed else no_decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay, "apply_wd": True},
         {"params": no_decay, "weight_decay": 0.0, "apply_wd": False},

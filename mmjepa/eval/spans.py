@@ -1,33 +1,42 @@
-"""Masked-span prediction: fill masked text spans with the context encoder, the predictor and the
-text readout head, and measure masked-token top-1 / top-5 accuracy.
+"""Masked-span prediction: fill masked spans of a token modality (text) with the context encoder,
+the predictor and the model's ``readout`` objective, and measure masked-token top-1 / top-5 accuracy.
 
-- :func:`fill_spans` (also ``model.fill_spans``): token ids + a span mask -> top-k ids/probs per
-  masked position, optionally conditioned on other modalities' inputs (image, audio);
+- :func:`fill_spans`: token ids + a span mask -> top-k ids/probs per masked position, optionally
+  conditioned on other modalities' inputs (image, audio);
 - :func:`fill_spans_text`: strings with ``<mask>`` markers -> decoded top-k completions per span
-  (one marker = one token; adjacent markers form one multi-token span);
+  (one marker = one token; adjacent markers form one multi-token span), distinct and non-empty;
 - :func:`masked_token_accuracy`: top-1/top-5 of any predictor of masked tokens on a fixed set of
   masked chunks (used for mmjepa, BERT and the unigram baseline alike);
-- ``mmjepa eval spans --model DIR --text FILE``: :func:`main_spans`.
+- ``mmjepa eval spans --model DIR --text FILE``: :func:`run_spans`.
+
+The span modality is the one the model's readout objective reads out; a tokenizer is checked
+against the vocabulary fingerprint the model was trained with before any span is filled.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from transformers import AutoTokenizer
 
-from .modalities import get_modality
-from .modalities.text import SpanMasking, pack_indices
+from ..masking import SpanMasking, pack_indices
+from ..modalities import get_modality
+from ..models import MMJepaModel
+from ..objectives import TokenReadout
 
 
-def _check_text_model(model: Any) -> None:
-    if "text" not in getattr(model, "modality_names", []):
-        raise ValueError("this model has no text modality")
-    if model.text_readout is None:
-        raise ValueError("this model has no text readout head (text option readout=False); it cannot fill spans")
+def readout_of(model: Any) -> TokenReadout:
+    """The model's (single) readout objective, or a ValueError that says what is missing."""
+    readouts = [o for o in getattr(model, "objectives", {}).values() if isinstance(o, TokenReadout)]
+    if not readouts:
+        raise ValueError("this model has no readout objective (objectives.<name>.type: readout), so it cannot "
+                         "fill spans; train it with one (a text model gets it by default)")
+    if len(readouts) > 1:
+        raise ValueError(f"this model reads out {[o.modality for o in readouts]}: fill_spans needs exactly one")
+    return readouts[0]
 
 
 @torch.no_grad()
@@ -41,7 +50,8 @@ def span_logits(model: Any, input_ids: torch.Tensor, span_mask: torch.Tensor,
     ``input_features=`` ...) join the context. Returns logits (B, K, V), positions (B, K) and
     validity (B, K) bool (None when every row masks K tokens).
     """
-    _check_text_model(model)
+    readout = readout_of(model)
+    span = readout.modality
     if input_ids.dim() != 2 or span_mask.shape != input_ids.shape:
         raise ValueError(f"input_ids and span_mask must both be (B, L), got {tuple(input_ids.shape)} "
                          f"and {tuple(span_mask.shape)}")
@@ -63,20 +73,19 @@ def span_logits(model: Any, input_ids: torch.Tensor, span_mask: torch.Tensor,
     was_training = model.training
     model.eval()
     try:
-        context = [("text", model.encoders["text"](input_ids, ctx_idx, ctx_valid), ctx_idx, ctx_valid)]
+        context = [(span, model.encoders[span](input_ids, ctx_idx, ctx_valid), ctx_idx, ctx_valid)]
+        others = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in other_inputs.items()}
         for name in model.modality_names:  # optional conditioning on the other modalities
-            key = get_modality(name).input_key
-            if name == "text" or other_inputs.get(key) is None:
+            mod = get_modality(name)
+            if name == span or others.get(mod.input_key) is None:
                 continue
-            x = other_inputs[key].to(dev)
-            valid = get_modality(name).valid_tokens({k: (v.to(dev) if torch.is_tensor(v) else v)
-                                                     for k, v in other_inputs.items()}, model.encoders[name].embed)
-            z = model.encoders[name](x, None, valid)  # (B, N, D)
+            valid = mod.valid_tokens(others)
+            z = model.encoders[name](others[mod.input_key], None, valid)  # (B, N, D)
             idx = torch.arange(z.shape[1], device=dev).expand(z.shape[0], -1)
             context.append((name, z, idx, valid))
         tv = tgt_valid.unsqueeze(1) if tgt_valid is not None else None
-        pred = model.predictor(context, "text", tgt_idx.unsqueeze(1), tv)  # (B, K, D)
-        logits = model.text_readout(pred).float()  # (B, K, V)
+        pred = model.predictor(context, span, tgt_idx.unsqueeze(1), tv)  # (B, K, D)
+        logits = readout.logits(pred).float()  # (B, K, V)
     finally:
         model.train(was_training)
     return logits, tgt_idx, tgt_valid
@@ -87,13 +96,12 @@ def fill_spans(model: Any, input_ids: torch.Tensor, span_mask: torch.Tensor | No
                attention_mask: torch.Tensor | None = None, **other_inputs: Any) -> dict[str, torch.Tensor]:
     """Top-k predictions for every masked token.
 
-    ``span_mask`` (B, L) bool defaults to ``input_ids == mask_token_id``. Returns a dict with
-    ``positions`` (B, K), ``valid`` (B, K) bool, ``top_ids`` (B, K, top_k), ``top_probs``
-    (B, K, top_k) and ``logits`` (B, K, V).
+    ``span_mask`` (B, L) bool defaults to ``input_ids == mask_token_id`` (the span modality's
+    option). Returns a dict with ``positions`` (B, K), ``valid`` (B, K) bool, ``top_ids``
+    (B, K, top_k), ``top_probs`` (B, K, top_k) and ``logits`` (B, K, V).
     """
-    _check_text_model(model)
     if span_mask is None:
-        span_mask = input_ids == model.text_readout.cfg.mask_token_id
+        span_mask = input_ids == model.config.modality_config(readout_of(model).modality).mask_token_id
     logits, pos, valid = span_logits(model, input_ids, span_mask, attention_mask, **other_inputs)
     top_k = min(top_k, logits.shape[-1])
     probs, ids = logits.softmax(-1).topk(top_k, dim=-1)
@@ -105,7 +113,7 @@ def fill_spans(model: Any, input_ids: torch.Tensor, span_mask: torch.Tensor | No
 def _k_best(probs: torch.Tensor, ids: torch.Tensor, k: int) -> list[tuple[list[int], float]]:
     """Best ``k`` token sequences of a span whose positions are predicted independently.
 
-    probs/ids (S, k) per position, best first -> [(ids, prob)] ranked by the product of probs."""
+    probs/ids (S, n) per position, best first -> [(ids, prob)] ranked by the product of probs."""
     beams: list[tuple[list[int], float]] = [([], 1.0)]
     for p_row, i_row in zip(probs.tolist(), ids.tolist()):
         beams = sorted(((seq + [i], sp * p) for seq, sp in beams for p, i in zip(p_row, i_row)),
@@ -113,28 +121,44 @@ def _k_best(probs: torch.Tensor, ids: torch.Tensor, k: int) -> list[tuple[list[i
     return beams
 
 
+def _completions(probs: torch.Tensor, ids: torch.Tensor, tokenizer: Any, k: int) -> list[tuple[str, float]]:
+    """The ``k`` best distinct, non-empty decoded completions of one span. Token sequences that
+    decode to the same string are one completion (their probabilities add up); sequences that
+    decode to nothing (special tokens, a bare word boundary) are dropped."""
+    merged: dict[str, float] = {}
+    for seq, p in _k_best(probs, ids, max(4 * k, 20)):
+        text = tokenizer.decode(seq, skip_special_tokens=True).strip()
+        if text:
+            merged[text] = merged.get(text, 0.0) + p
+    return sorted(merged.items(), key=lambda t: -t[1])[:k]
+
+
 def fill_spans_text(model: Any, tokenizer: Any, texts: str | Sequence[str], top_k: int = 5,
-                    max_length: int | None = None) -> list[list[list[tuple[str, float]]]]:
+                    **other_inputs: Any) -> list[list[list[tuple[str, float]]]]:
     """Fill the ``<mask>`` spans of ``texts``.
 
     Each mask marker stands for one token; adjacent markers form one span of several tokens.
-    Returns, per text, per span (left to right), the ``top_k`` (decoded completion, probability).
+    ``tokenizer`` must be the one the model was trained with (its vocabulary fingerprint is
+    checked). Returns, per text, per span (left to right), up to ``top_k`` distinct, non-empty
+    (completion, probability) pairs. Other modalities' model inputs (``pixel_values=`` ...) condition
+    the prediction.
     """
-    _check_text_model(model)
-    single = isinstance(texts, str)
-    texts = [texts] if single else list(texts)
+    readout = readout_of(model)
+    cfg = model.config.modality_config(readout.modality)
+    processor = get_modality(readout.modality).build_processor(cfg, tokenizer=tokenizer)  # checks the vocabulary
+    texts = [texts] if isinstance(texts, str) else list(texts)
     marker = tokenizer.mask_token
     if marker is None:
         raise ValueError("the tokenizer has no mask token")
     for t in texts:
-        if marker not in t:
+        if not isinstance(t, str) or marker not in t:
             raise ValueError(f"text {t!r} has no {marker} marker")
-    max_length = max_length or model.text_readout.cfg.max_length
-    enc = tokenizer(texts, truncation=True, max_length=max_length, padding="max_length", return_tensors="pt")
+    enc = processor(texts)
     ids, att = enc["input_ids"], enc["attention_mask"]
-    if (ids == tokenizer.mask_token_id).sum(1).lt((torch.tensor([t.count(marker) for t in texts]))).any():
-        raise ValueError(f"a text is longer than max_length={max_length} tokens: some {marker} were cut off")
-    out = fill_spans(model, ids, ids == tokenizer.mask_token_id, top_k=top_k, attention_mask=att)
+    if (ids == tokenizer.mask_token_id).sum(1).lt(torch.tensor([t.count(marker) for t in texts])).any():
+        raise ValueError(f"a text is longer than max_length={cfg.max_length} tokens: some {marker} were cut off")
+    n = min(max(4 * top_k, 20), cfg.vocab_size)
+    out = fill_spans(model, ids, ids == tokenizer.mask_token_id, top_k=n, attention_mask=att, **other_inputs)
     results = []
     for b in range(len(texts)):
         pos = out["positions"][b][out["valid"][b]].tolist()
@@ -144,10 +168,7 @@ def fill_spans_text(model: Any, tokenizer: Any, texts: str | Sequence[str], top_
             if j == len(pos) or pos[j] != pos[j - 1] + 1:
                 spans.append((start, j))
                 start = j
-        results.append([
-            [(tokenizer.decode(seq).strip(), p) for seq, p in _k_best(probs[a:e], tops[a:e], top_k)]
-            for a, e in spans
-        ])
+        results.append([_completions(probs[a:e], tops[a:e], tokenizer, top_k) for a, e in spans])
     return results
 
 
@@ -194,51 +215,27 @@ def mmjepa_predictor(model: Any) -> Callable[[torch.Tensor, torch.Tensor], torch
     return predict
 
 
-def main_spans(argv: list[str] | None = None) -> int:
-    """``mmjepa eval spans --model DIR --text FILE``: masked-token top-1 / top-5 accuracy."""
-    parser = argparse.ArgumentParser(prog="mmjepa eval spans", description="masked-span prediction accuracy")
-    parser.add_argument("--model", required=True, help="a folder saved with save_pretrained (or a Hub id)")
-    parser.add_argument("--text", required=True, help="plain-text file to evaluate on")
-    parser.add_argument("--tokenizer", default=None,
-                        help="tokenizer folder (default: the model folder, else the text option `tokenizer`)")
-    parser.add_argument("--mask-ratio", type=float, default=None, help="default: the model's text mask_ratio")
-    parser.add_argument("--max-chunks", type=int, default=None, help="evaluate on at most this many chunks")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default=None, help="also write the result to this JSON file")
-    args = parser.parse_args(argv)
-
-    from transformers import AutoTokenizer
-
-    from .model import MMJepaModel
-
+def run_spans(args: Any) -> int:
+    """``mmjepa eval spans``: masked-token top-1 / top-5 accuracy of a saved model on a text file
+    (parsed arguments: model, text, tokenizer, mask_ratio, max_chunks, batch_size, seed, json)."""
     model = MMJepaModel.from_pretrained(args.model).eval()
-    cfg = model.config.modality_config("text") if "text" in model.config.modalities else None
-    if cfg is None:
-        print("mmjepa eval spans: the model has no text modality", file=sys.stderr)
-        return 2
-    tok_src = args.tokenizer
-    if tok_src is None:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(args.model)
-        except (OSError, ValueError):
-            if not cfg.tokenizer:
-                print("mmjepa eval spans: no tokenizer in the model folder; pass --tokenizer", file=sys.stderr)
-                return 2
-            tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(tok_src)
-    with open(args.text, encoding="utf-8") as f:
-        ids = tokenizer(f.read(), add_special_tokens=False)["input_ids"]
+    readout = readout_of(model)
+    cfg = model.config.modality_config(readout.modality)
+    ref = args.tokenizer or (args.model if (Path(args.model) / "tokenizer_config.json").exists() else cfg.tokenizer)
+    if not ref:
+        raise ValueError("no tokenizer in the model folder and none recorded in its config; pass --tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(ref)
+    get_modality(readout.modality).build_processor(cfg, tokenizer=tokenizer)  # refuses a tokenizer of another vocabulary
+    ids = tokenizer(Path(args.text).read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
     chunks = chunk_ids(ids, cfg.max_length)
     if args.max_chunks:
         chunks = chunks[: args.max_chunks]
     sampler = SpanMasking(cfg.max_length, args.mask_ratio or cfg.mask_ratio, cfg.mean_span, cfg.max_span)
     masks = span_masks(len(chunks), cfg.max_length, sampler, args.seed)
     result = masked_token_accuracy(mmjepa_predictor(model), chunks, masks, args.batch_size)
-    result.update(model=args.model, text=args.text, chunks=len(chunks), mask_ratio=sampler.mask_ratio)
+    result.update(model=args.model, text=args.text, tokenizer=str(ref), chunks=len(chunks),
+                  mask_ratio=sampler.mask_ratio)
     print(json.dumps(result, indent=2))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        Path(args.json).write_text(json.dumps(result, indent=2))
     return 0

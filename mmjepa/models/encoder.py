@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import RotaryEmbedding, Transformer, gather_tokens, key_padding_to_attn_mask
+from ..layers import RotaryEmbedding, Transformer, gather_tokens, key_padding_to_attn_mask
 
 
 class Encoder(nn.Module):

@@ -1,10 +1,14 @@
-"""``MMJepaConfig``: one transformers config for the encoders, the predictor, the loss and the EMA."""
+"""``MMJepaConfig``: one transformers config for the modalities, encoders, predictor, objectives and EMA."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from transformers import PreTrainedConfig
+
+from ..modalities import get_modality
+from ..objectives import get_objective, objective_config
 
 # width, depth, heads of the encoders; width, depth, heads of the predictor
 PRESETS: dict[str, dict[str, int]] = {
@@ -18,7 +22,6 @@ PRESETS: dict[str, dict[str, int]] = {
                   predictor_hidden_size=384, predictor_num_hidden_layers=12, predictor_num_attention_heads=16),
 }
 
-LOSSES = ("smooth_l1", "l1", "l2")
 POSITIONS = ("sincos", "rope")
 
 
@@ -34,12 +37,10 @@ class MMJepaConfig(PreTrainedConfig):
         predictor_hidden_size, predictor_num_hidden_layers, predictor_num_attention_heads:
             the narrow cross-modal predictor.
         position_embedding: ``"sincos"`` (fixed, added to tokens, as I-JEPA) or ``"rope"``.
-        loss_type: ``"smooth_l1"`` (I-JEPA), ``"l1"`` (V-JEPA) or ``"l2"``.
+        objectives: objective name -> its options (``type``, ``weight`` and the type's own; see
+            ``mmjepa.objectives``); the loss is the weighted sum. Default: ``{"intra": {}}`` (I-JEPA's
+            latent prediction) plus the defaults of the modalities (a text model adds ``readout``).
         ema_momentum_start, ema_momentum_end: the target encoders' EMA momentum, scheduled linearly.
-        sigreg_weight: weight of the SIGReg regulariser (LeJEPA) on the context encoders' outputs,
-            added to the loss (0 = off, the I-JEPA objective). ``sigreg_on``: ``"samples"`` (each
-            sample's mean context token) or ``"tokens"`` (every real context token);
-            ``sigreg_num_slices``: random projections per step.
         initializer_range: std of the truncated-normal weight init.
     """
 
@@ -58,12 +59,9 @@ class MMJepaConfig(PreTrainedConfig):
         predictor_num_hidden_layers: int = 6,
         predictor_num_attention_heads: int = 3,
         position_embedding: str = "sincos",
-        loss_type: str = "smooth_l1",
+        objectives: dict[str, dict[str, Any]] | None = None,
         ema_momentum_start: float = 0.996,
         ema_momentum_end: float = 1.0,
-        sigreg_weight: float = 0.0,
-        sigreg_on: str = "samples",
-        sigreg_num_slices: int = 256,
         initializer_range: float = 0.02,
         **kwargs,
     ):
@@ -78,12 +76,9 @@ class MMJepaConfig(PreTrainedConfig):
         self.predictor_num_hidden_layers = predictor_num_hidden_layers
         self.predictor_num_attention_heads = predictor_num_attention_heads
         self.position_embedding = position_embedding
-        self.loss_type = loss_type
+        self.objectives = self._objectives(objectives)
         self.ema_momentum_start = ema_momentum_start
         self.ema_momentum_end = ema_momentum_end
-        self.sigreg_weight = sigreg_weight
-        self.sigreg_on = sigreg_on
-        self.sigreg_num_slices = sigreg_num_slices
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
         self.validate_values()
@@ -92,11 +87,6 @@ class MMJepaConfig(PreTrainedConfig):
         """Raise ValueError naming the first bad option."""
         if not self.modalities:
             raise ValueError("modalities must name at least one modality")
-        if self.loss_type not in LOSSES:
-            raise ValueError(f"loss_type must be one of {LOSSES}, got {self.loss_type!r}")
-        if self.sigreg_weight < 0 or self.sigreg_on not in ("samples", "tokens") or self.sigreg_num_slices < 1:
-            raise ValueError("need sigreg_weight >= 0, sigreg_on in ('samples', 'tokens') and sigreg_num_slices >= 1, "
-                             f"got {self.sigreg_weight}, {self.sigreg_on!r}, {self.sigreg_num_slices}")
         if self.position_embedding not in POSITIONS:
             raise ValueError(f"position_embedding must be one of {POSITIONS}, got {self.position_embedding!r}")
         for width, heads, name in (
@@ -112,15 +102,38 @@ class MMJepaConfig(PreTrainedConfig):
                 "need 0 <= ema_momentum_start <= ema_momentum_end <= 1, got "
                 f"{self.ema_momentum_start} and {self.ema_momentum_end}"
             )
-        from mmjepa.modalities import get_modality
-
         for name, opts in self.modalities.items():
-            get_modality(name).make_config(opts)  # unknown modality or option -> ValueError
+            try:
+                get_modality(name).make_config(opts)  # unknown modality or option -> ValueError
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"modalities.{name}: {err}") from None
+        if not self.objectives:
+            raise ValueError("objectives must name at least one objective")
+        for name, opts in self.objectives.items():
+            try:
+                cfg = objective_config(name, opts)
+                get_objective(cfg.type).validate(cfg, self)
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"objectives.{name}: {err}") from None
+
+    def _objectives(self, objectives: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+        """The objective entries with every option filled in (the defaults when none are given)."""
+        if objectives is None:
+            objectives = {"intra": {}}
+            for name in self.modalities:
+                objectives.update(get_modality(name).default_objectives)
+        out = {}
+        for name, opts in objectives.items():
+            try:
+                out[name] = dataclasses.asdict(objective_config(name, opts))
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"objectives.{name}: {err}") from None
+        return out
 
     def modality_config(self, name: str) -> Any:
         """The typed (dataclass) options of one modality, defaults filled in."""
-        from mmjepa.modalities import get_modality
-
+        if name not in self.modalities:
+            raise ValueError(f"this model has no {name!r} modality (it has {list(self.modalities)})")
         return get_modality(name).make_config(self.modalities[name])
 
     @classmethod

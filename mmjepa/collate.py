@@ -1,0 +1,65 @@
+"""The mask collator: per-sample model inputs -> one batch with every modality's masks.
+
+Each modality's part of the batch is built by its plug-in (``Modality.collate``: stacking, padding,
+validity masks), then its mask sampler draws index tensors (``mmjepa.masking``) — I-JEPA's design:
+masks are made here, in the data loader, and applied in the model by gather.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .masking import MaskSet
+from .modalities import Modality, get_modality
+
+
+class MaskCollator:
+    """Collate processed samples into a batch and draw every modality's masks.
+
+    ``modalities`` maps a modality name to ``(plug-in class, its config, mask sampler)``. Samples
+    are dicts of per-sample model inputs; keys that no plug-in consumes (labels, sample keys,
+    attention masks ...) pass through: numbers become a tensor, equal-shaped tensors are stacked,
+    anything else stays a list. The generator is seeded from ``seed`` so a run's masks are
+    reproducible; ``state_dict`` / ``load_state_dict`` carry it for exact resume.
+    """
+
+    def __init__(self, modalities: dict[str, tuple[type[Modality], Any, Any]], seed: int = 0):
+        self.modalities = dict(modalities)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @classmethod
+    def from_config(cls, config: Any, seed: int = 0) -> "MaskCollator":
+        """The collator of an ``MMJepaConfig``: each modality's own collate and default mask sampler."""
+        parts = {}
+        for name in config.modalities:
+            mod, cfg = get_modality(name), config.modality_config(name)
+            parts[name] = (mod, cfg, mod.build_mask_sampler(cfg))
+        return cls(parts, seed)
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        if not samples:
+            raise ValueError("cannot collate an empty list of samples")
+        batch: dict[str, Any] = {}
+        masks: dict[str, MaskSet] = {}
+        for name, (mod, cfg, sampler) in self.modalities.items():
+            part = mod.collate(samples, cfg)
+            batch.update(part)
+            masks[name] = sampler(len(samples), self.generator, valid=mod.valid_tokens(part))
+        for k in sorted({k for s in samples for k in s} - set(batch)):  # labels, keys ... pass through
+            vals = [s.get(k) for s in samples]
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+                batch[k] = torch.as_tensor(vals)
+            elif all(isinstance(v, torch.Tensor) for v in vals) and len({tuple(v.shape) for v in vals}) == 1:
+                batch[k] = torch.stack(vals)
+            else:
+                batch[k] = vals
+        batch["masks"] = masks
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])

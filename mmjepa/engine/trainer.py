@@ -1,0 +1,384 @@
+"""The trainer: a recipe in, a trained ``MMJepaModel`` out, on one CPU or many GPUs/nodes.
+
+    mmjepa train recipes/image/digits_ijepa_cpu.yaml train.max_steps=50 model.hidden_size=64
+    accelerate launch --config_file configs/accelerate/fsdp.yaml -m mmjepa train RECIPE.yaml
+
+    from mmjepa.engine import load_recipe, train
+    result = train(load_recipe("recipes/image/digits_ijepa_cpu.yaml", ["train.max_steps=50"]))
+
+Set-up is split into ``_setup_accelerator``, ``_setup_data``, ``_setup_model`` and
+``_setup_schedule``; everything that can be checked without training (recipe, tokenizer and model
+paths, shard files, an ``output_dir`` that holds another model's run) is checked before anything
+is written. One training step (:meth:`Trainer.train_step`) has three parts: forward over
+``grad_accum`` micro-batches; backward (gradients synchronised on the last), clipping, the
+scheduled LR and weight decay, the AdamW step; the EMA update of the target encoders.
+Checkpoints, resume and export are the :class:`~mmjepa.engine.checkpoint.CheckpointManager`'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.tracking import filter_trackers
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+
+from ..data import DataPipeline, DataStream, model_inputs
+from ..layers import Transformer
+from ..modalities import get_modality
+from ..models import MMJepaConfig, MMJepaModel
+from .checkpoint import CheckpointManager, checkpoint_step
+from .optim import build_optimizer, cosine, cosine_with_warmup, set_hyperparams
+from .recipe import Recipe, load_recipe, save_recipe
+
+
+class TrainingInterrupted(Exception):
+    """The user stopped the run (Ctrl-C); the message says where and how to resume."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    model: Any  # the unwrapped MMJepaModel
+    output_dir: Path
+    steps: int
+    samples_seen: int
+    train_samples_per_s: float
+    history: list[dict[str, Any]]
+    checkpoint: Path | None = None
+    export_dir: Path | None = None
+    skipped_samples: int = 0
+    elapsed_s: float = 0.0
+    resumed_from: Path | None = None
+    already_finished: bool = False  # the output_dir held a finished run: nothing was trained
+
+
+def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict -> {"a.b.c": scalar} (lists and other values as strings)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat(v, key + "."))
+        elif isinstance(v, (int, float, str, bool)):
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out
+
+
+# settings that may change between the runs of one output_dir without a warning
+RESUMABLE_CHANGES = {"train.max_steps", "train.epochs", "train.resume", "train.save_every", "train.export_every",
+                     "train.log_every", "train.progress", "train.keep_checkpoints", "train.tracker",
+                     "train.ddp_timeout", "train.output_dir", "description"}
+
+
+def resolve_model_config(config: MMJepaConfig) -> MMJepaConfig:
+    """Let each modality plug-in load and check what its options name (a tokenizer ...) and record
+    derived options (its vocabulary fingerprint); raises ValueError naming the modality."""
+    for name in config.modalities:
+        try:
+            config.modalities[name].update(get_modality(name).resolve_config(config.modality_config(name)))
+        except ValueError as err:
+            raise ValueError(f"model.modalities.{name}: {err}") from None
+    config.validate_values()
+    return config
+
+
+class Trainer:
+    """Holds the pieces of one run; :func:`train` is the entry point."""
+
+    def __init__(self, recipe: Recipe, callbacks: Sequence[Callable[[int, dict | None], None]] = ()):
+        self.recipe = recipe
+        self.callbacks = list(callbacks)
+        self.out = Path(recipe.train.output_dir)
+        self.accelerator = self._setup_accelerator()
+        self.ckpt = CheckpointManager(self.accelerator, self.out, recipe.train.keep_checkpoints)
+        self.resume_from = self.ckpt.resume_path(recipe.train.resume)
+        if self.resume_from is not None:
+            self._check_same_model(self.resume_from)
+        self.config = resolve_model_config(recipe.model_config())
+        self._setup_data()
+        self._setup_model()
+        self._setup_schedule()
+        self.step = 0
+        self.samples_seen = 0
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ set-up
+    def _setup_accelerator(self) -> Accelerator:
+        if AcceleratorState._shared_state:  # a previous run in this process: its precision etc. may differ
+            AcceleratorState._reset_state()  # (keeps the process group)
+        t = self.recipe.train
+        log_with = None
+        if t.tracker:
+            available = filter_trackers([t.tracker], t.output_dir)
+            if not available:
+                if t.tracker != "tensorboard":
+                    raise ValueError(f"train.tracker: {t.tracker!r} is not installed (or not known to accelerate)")
+                print("mmjepa: tensorboard is not installed; training without a tracker", file=sys.stderr)
+            log_with = available or None
+        acc = Accelerator(
+            mixed_precision=t.mixed_precision,
+            log_with=log_with,
+            project_config=ProjectConfiguration(project_dir=t.output_dir, logging_dir=str(Path(t.output_dir) / "logs")),
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=t.ddp_timeout)),
+                             DistributedDataParallelKwargs(find_unused_parameters=t.find_unused_parameters)],
+        )
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and acc.num_processes == 1:
+            raise RuntimeError(f"{launched} processes were launched but accelerate set up a single-process run in "
+                               "each (no GPU?): each would train alone. On CPU launch with ACCELERATE_USE_CPU=true "
+                               "(and --multi_gpu or configs/accelerate/multi_cpu.yaml)")
+        return acc
+
+    def _check_same_model(self, ckpt: Path) -> None:
+        """A checkpoint of another model in output_dir stops the run before anything is loaded;
+        other recipe changes are reported."""
+        saved = self.ckpt.saved_recipe(ckpt)
+        if saved is None:
+            return
+        old, new = flat(saved), flat(self.recipe.to_dict())
+        diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+        model_diff = [k for k in diff if k.startswith("model.")]
+        if model_diff:
+            shown = ", ".join(f"{k} ({old.get(k)!r} there, {new.get(k)!r} here)" for k in model_diff[:3])
+            more = f" and {len(model_diff) - 3} more" if len(model_diff) > 3 else ""
+            raise ValueError(f"{self.out} holds a run of another model (differs in {shown}{more}): use another "
+                             "train.output_dir, or train.resume=never to start over there")
+        if diff:
+            self.accelerator.print(f"mmjepa: warning: resuming {ckpt} with a recipe that differs in: {', '.join(diff)}")
+
+    def _setup_data(self) -> None:
+        acc, t = self.accelerator, self.recipe.train
+        self.pipeline = DataPipeline(self.recipe.data, self.config, acc.process_index, acc.num_processes)
+        ignored = self.pipeline.preflight()  # builds the processors (tokenizers), peeks at the data
+        if ignored:
+            fields = ", ".join(f"{k!r} ({m})" for k, m in sorted(ignored.items()))
+            acc.print(f"mmjepa: data: ignoring field(s) {fields}: the model has no such modality "
+                      f"(it has {', '.join(self.config.modalities)})")
+        self.stream = DataStream(self.pipeline, pin_memory=acc.device.type == "cuda")
+        per_epoch = self.pipeline.batches_per_epoch
+        self.steps_per_epoch = None if per_epoch is None else max(1, per_epoch // t.grad_accum)
+        self.samples_per_step = self.recipe.data.batch_size * t.grad_accum * acc.num_processes
+
+    def _setup_model(self) -> None:
+        acc, t, o = self.accelerator, self.recipe.train, self.recipe.optim
+        set_seed(t.seed)  # identical initial weights on every process
+        if self.recipe.model.pretrained:
+            model = MMJepaModel.from_pretrained(self.recipe.model.pretrained, config=self.config)
+        else:
+            model = MMJepaModel(self.config)
+        for m in model.modules():
+            if isinstance(m, Transformer):
+                m.gradient_checkpointing = t.gradient_checkpointing
+        optimizer = build_optimizer(model, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), fused=o.fused)
+        if t.compile:
+            model.compile(dynamic=False)  # mask lengths vary: a few static recompiles beat dynamic shapes
+        self.model, self.optimizer = acc.prepare(model, optimizer)  # never the data loader (see mmjepa.data)
+
+    def _setup_schedule(self) -> None:
+        t, o = self.recipe.train, self.recipe.optim
+        if t.max_steps is not None:
+            self.total_steps = t.max_steps
+        elif self.steps_per_epoch is None:
+            raise ValueError("train.epochs needs a known epoch length: set train.max_steps, data.epoch_samples, "
+                             "or num_samples on every source")
+        else:
+            self.total_steps = max(1, math.ceil(t.epochs * self.steps_per_epoch))
+        if o.warmup_epochs is not None:
+            if self.steps_per_epoch is None:
+                raise ValueError("optim.warmup_epochs needs a known epoch length; use optim.warmup_steps")
+            self.warmup_steps = int(round(o.warmup_epochs * self.steps_per_epoch))
+        else:
+            self.warmup_steps = o.warmup_steps
+
+    # ------------------------------------------------------------------ schedules
+    def hyperparams(self, step: int) -> tuple[float, float, float]:
+        """(lr, weight decay, EMA momentum) at ``step``."""
+        o, T = self.recipe.optim, self.total_steps
+        lr = cosine_with_warmup(step, T, self.warmup_steps, o.start_lr, o.lr, o.final_lr)
+        wd = cosine(step, T, o.weight_decay, o.final_weight_decay)
+        return lr, wd, self.unwrapped.momentum(step, T)
+
+    @property
+    def unwrapped(self) -> MMJepaModel:
+        return self.accelerator.unwrap_model(self.model)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "samples_seen": self.samples_seen, "data": self.stream.state_dict(),
+                "total_steps": self.total_steps}
+
+    def save_checkpoint(self) -> Path:
+        return self.ckpt.save(self.step, self.state_dict(), self.out / "recipe.yaml")
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = self.ckpt.load(path)
+        self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
+        if int(state.get("total_steps", self.total_steps)) != self.total_steps:
+            self.accelerator.print(f"mmjepa: the checkpoint was made for {state['total_steps']} steps, this run has "
+                                   f"{self.total_steps}: the schedules follow the new length")
+        self.stream.load_state_dict(state["data"])
+
+    def export(self, final: bool = False) -> Path:
+        """save_pretrained into ``output_dir/export`` (written aside, then renamed)."""
+        return self.ckpt.export(self.model, lambda d, sd: self.unwrapped.save_pretrained(d, state_dict=sd),
+                                self.out / "recipe.yaml",
+                                {"step": self.step, "samples_seen": self.samples_seen, "final": final})
+
+    def _finished_already(self, ckpt: Path | None) -> bool:
+        return ckpt is not None and self.ckpt.trainer_state(ckpt).get("step", 0) >= self.total_steps
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> TrainResult:
+        acc, t = self.accelerator, self.recipe.train
+        resumed = self.resume_from
+        if self._finished_already(resumed):
+            self.load_checkpoint(resumed)
+            export = self.out / "export"
+            return TrainResult(self.unwrapped, self.out, self.step, self.samples_seen, 0.0, [], resumed,
+                               export if export.is_dir() else None, self.stream.skipped, 0.0, resumed,
+                               already_finished=True)
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_recipe(self.recipe, self.out / "recipe.yaml")
+        self.ckpt.clean_stale()
+        acc.wait_for_everyone()
+        if resumed is not None:
+            self.load_checkpoint(resumed)
+            acc.print(f"mmjepa: resumed from {resumed} at step {self.step} "
+                      f"(epoch {self.stream.epoch}, batch {self.stream.batch})")
+        if acc.log_with:
+            acc.init_trackers(t.project, config=flat(self.recipe.to_dict()))
+
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (acc.is_main_process and t.progress),
+                   unit="step", dynamic_ncols=True)
+        sums: dict[str, torch.Tensor] = {}
+        window_steps, window_t0 = 0, time.perf_counter()
+        run_t0, first_step_done_t, steps_this_run = time.perf_counter(), None, 0
+        last_ckpt = resumed
+        export_dir = None
+        try:
+            while self.step < self.total_steps:
+                lr, wd, momentum = self.hyperparams(self.step)
+                grad_norm = self.train_step([next(self.stream) for _ in range(t.grad_accum)], sums)
+                steps_this_run += 1
+                self.samples_seen += self.samples_per_step
+                window_steps += 1
+                if first_step_done_t is None:
+                    first_step_done_t = time.perf_counter()
+                bar.update(1)
+
+                logs = None
+                if self.step % t.log_every == 0 or self.step == self.total_steps:
+                    logs = self._log(sums, window_steps, time.perf_counter() - window_t0, lr, wd, momentum, grad_norm)
+                    bar.set_postfix({k: logs[k] for k in ("loss", "samples_per_s") if k in logs}
+                                    | {k.split("/")[-1]: f"{v:.3f}" for k, v in logs.items() if k.endswith("pred_std")})
+                    sums, window_steps, window_t0 = {}, 0, time.perf_counter()
+                if t.save_every and self.step % t.save_every == 0 and self.step < self.total_steps:
+                    last_ckpt = self.save_checkpoint()
+                if t.export_every and self.step % t.export_every == 0 and self.step < self.total_steps:
+                    export_dir = self.export()
+                for cb in self.callbacks:
+                    cb(self.step, logs)
+            loop_end = time.perf_counter()  # throughput excludes the final save and export
+            last_ckpt = self.save_checkpoint()
+            export_dir = self.export(final=True)
+        except KeyboardInterrupt:
+            where = f"step {checkpoint_step(last_ckpt)} ({last_ckpt})" if last_ckpt is not None else "none yet"
+            raise TrainingInterrupted(f"stopped at step {self.step}; last checkpoint: {where}; run the same "
+                                      "command to resume") from None
+        except BaseException as err:
+            if acc.num_processes > 1:
+                print(f"mmjepa: rank {acc.process_index}: training stopped at step {self.step}: "
+                      f"{type(err).__name__}: {err} (if another process died, see its log)", file=sys.stderr,
+                      flush=True)
+            raise
+        finally:
+            bar.close()
+            self.stream.close()
+        if acc.log_with:
+            acc.end_training()
+        end = time.perf_counter()
+        if steps_this_run > 1 and first_step_done_t is not None:  # the first step (warm-up) left out
+            sps = (steps_this_run - 1) * self.samples_per_step / max(loop_end - first_step_done_t, 1e-9)
+        else:
+            sps = steps_this_run * self.samples_per_step / max(loop_end - run_t0, 1e-9)
+        return TrainResult(self.unwrapped, self.out, self.step, self.samples_seen, sps, self.history, last_ckpt,
+                           export_dir, self.stream.skipped, end - run_t0, resumed)
+
+    def train_step(self, batches: list[dict[str, Any]], sums: dict[str, torch.Tensor] | None = None):
+        """One optimizer step over ``grad_accum`` micro-batches; ``self.step`` += 1. Loss terms and
+        monitors are added into ``sums``. Returns the gradient norm (when clipping) or None."""
+        acc, o = self.accelerator, self.recipe.optim
+        lr, wd, momentum = self.hyperparams(self.step)
+        n = len(batches)
+        # 1. forward and backward per micro-batch (gradients synchronised on the last)
+        for micro, batch in enumerate(batches):
+            ctx = acc.no_sync(self.model) if micro < n - 1 else contextlib.nullcontext()
+            with ctx:
+                out = self.model(**model_inputs(batch))
+                acc.backward(out.loss / n)
+            if sums is not None:
+                for k, v in {"loss": out.loss, **{f"loss/{m}": l for m, l in out.losses.items()},
+                             **out.metrics}.items():
+                    v = v.detach().float() / n
+                    sums[k] = sums[k] + v if k in sums else v
+        # 2. clip, schedule, step
+        grad_norm = None
+        if o.clip_grad is not None:
+            grad_norm = acc.clip_grad_norm_(self.model.parameters(), o.clip_grad)
+        set_hyperparams(self.optimizer, lr, wd)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        # 3. EMA of the target encoders
+        self.unwrapped.update_target(momentum)
+        self.step += 1
+        return grad_norm
+
+    def _log(self, sums, n_steps, dt, lr, wd, momentum, grad_norm) -> dict[str, Any]:
+        acc = self.accelerator
+        keys = sorted(sums)
+        vals = torch.stack([sums[k] for k in keys]) / max(n_steps, 1)
+        vals = acc.reduce(vals.to(acc.device), reduction="mean")  # the same steps on every rank
+        n = self.pipeline.batches_per_epoch
+        epoch = self.stream.epoch + (self.stream.batch / n if n else 0.0)  # fractional epochs done
+        logs: dict[str, Any] = {"step": self.step, "epoch": epoch}
+        logs.update({k: float(v) for k, v in zip(keys, vals.tolist())})
+        logs.update({"lr": lr, "weight_decay": wd, "ema_momentum": momentum,
+                     "samples_seen": self.samples_seen,
+                     "samples_per_s": n_steps * self.samples_per_step / max(dt, 1e-9),
+                     "data_skipped": self.stream.skipped})
+        if grad_norm is not None:
+            logs["grad_norm"] = float(grad_norm)
+        self.history.append(logs)
+        if acc.log_with:
+            acc.log({k: v for k, v in logs.items() if k != "step"}, step=self.step)
+        return logs
+
+
+def train(recipe: Recipe | str | os.PathLike | dict, overrides: Sequence[str] = (),
+          callbacks: Sequence[Callable[[int, dict | None], None]] = ()) -> TrainResult:
+    """Train from a recipe (object, YAML path or dict); ``callbacks(step, logs)`` run after each step.
+
+    Returns a :class:`TrainResult` (``model``, ``output_dir``, ``steps``, ``samples_seen``,
+    ``train_samples_per_s``, ``history`` ...).
+    """
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    elif overrides:
+        recipe = load_recipe(recipe.to_dict(), overrides)
+    return Trainer(recipe, callbacks).run()

@@ -1,0 +1,1 @@
+"""Evaluation and inference on trained models: linear probes, masked-span filling."""

@@ -1,0 +1,135 @@
+"""The objective interface and its registry.
+
+An objective is a registered ``nn.Module`` that turns one batch's latents into a loss. It reads
+them through a :class:`LatentView` (the model computes each piece once, on first request, and
+shares it between objectives), and returns an :class:`ObjectiveOutput`: its loss (unweighted),
+named terms (logged as ``loss/<term>``) and monitors. ``MMJepaModel.forward`` sums
+``weight * loss`` over the objectives its config names; nothing else in the model knows them.
+
+An objective's options are a dataclass (``config_class``, at least ``type`` and ``weight``),
+stored as a plain dict under ``MMJepaConfig.objectives[<name>]``; ``type`` picks the registered
+class and defaults to ``<name>``, so one type can appear twice under two names (e.g. a readout
+per modality). Objectives that need every rank's embeddings (contrastive losses) gather them
+themselves, so the trainer never changes for a new objective.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from ..options import options_from_dict
+
+_REGISTRY: dict[str, type["Objective"]] = {}
+
+
+@dataclass
+class ObjectiveConfig:
+    """Options every objective has: the registered ``type`` and the ``weight`` of its loss."""
+
+    type: str = ""
+    weight: float = 1.0
+
+    def __post_init__(self):
+        if not self.weight >= 0:
+            raise ValueError(f"weight must be >= 0, got {self.weight}")
+
+
+@dataclass
+class ObjectiveOutput:
+    """``loss``: the objective's scalar loss (before its weight); ``terms``: named parts of it, for
+    logging; ``metrics``: monitors (no gradient)."""
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class LatentView(Protocol):
+    """What an objective sees of one batch (implemented by ``mmjepa.models.model.JepaView``).
+
+    Modalities are named by their plug-in names; every method computes on first use and caches.
+    """
+
+    config: Any  # the MMJepaConfig
+    inputs: dict[str, torch.Tensor]  # modality -> model input (B, ...)
+    masks: dict[str, dict[str, torch.Tensor]]  # modality -> mask set (context, target, validity)
+    batch: dict[str, Any]  # the whole batch (validity masks, labels ...)
+
+    def valid(self, modality: str) -> torch.Tensor | None:
+        """(B, N) bool real-token mask of a modality's full input, or None."""
+
+    def context(self, modality: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Context-encoder latents of the visible tokens: z (B, Kc, D), idx (B, Kc), valid (B, Kc) or None."""
+
+    def targets(self, modality: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Layer-normed EMA-target latents at the target indices, (B*M, Kt, D) sample-major, and their
+        validity (B*M, Kt) or None; no gradient."""
+
+    def predictions(self, modality: str) -> torch.Tensor:
+        """The predictor's latents for the target indices, (B*M, Kt, D), from every modality's context."""
+
+
+class Objective(nn.Module):
+    """Base class of an objective (see the module docstring)."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type] = ObjectiveConfig
+
+    def __init__(self, cfg: Any, model_config: Any):
+        super().__init__()
+        self.cfg = cfg
+        self.weight = float(cfg.weight)
+
+    @classmethod
+    def make_config(cls, opts: dict[str, Any] | None = None) -> Any:
+        """Dict -> the objective's config dataclass, rejecting unknown keys."""
+        return options_from_dict(cls.config_class, {"type": cls.name, **(opts or {})}, f"{cls.name} objective")
+
+    @classmethod
+    def validate(cls, cfg: Any, model_config: Any) -> None:
+        """Raise ValueError when a model of ``model_config`` cannot serve this objective (called by
+        ``MMJepaConfig`` when it is built). Default: no further check."""
+
+    def forward(self, view: LatentView) -> ObjectiveOutput | None:  # pragma: no cover - interface
+        """The loss on one batch, or None when the batch holds nothing this objective uses."""
+        raise NotImplementedError
+
+
+def register_objective(cls: type[Objective]) -> type[Objective]:
+    """Class decorator: make an objective available by its ``name``."""
+    if not getattr(cls, "name", None):
+        raise TypeError(f"objective {cls.__name__} must define a name")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_objective(type_name: str) -> type[Objective]:
+    try:
+        return _REGISTRY[type_name]
+    except KeyError:
+        raise ValueError(f"unknown objective type {type_name!r}; registered: {sorted(_REGISTRY)}") from None
+
+
+def registered_objectives() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def objective_config(name: str, opts: dict[str, Any] | None) -> Any:
+    """The typed config of the objective entry ``name`` (its ``type`` defaults to ``name``)."""
+    opts = dict(opts or {})
+    cls = get_objective(opts.get("type") or name)
+    opts["type"] = cls.name
+    return cls.make_config(opts)
+
+
+def build_objectives(model_config: Any) -> nn.ModuleDict:
+    """One module per entry of ``model_config.objectives``, in order."""
+    out = {}
+    for name, opts in model_config.objectives.items():
+        cfg = objective_config(name, opts)
+        out[name] = get_objective(cfg.type)(cfg, model_config)
+    return nn.ModuleDict(out)

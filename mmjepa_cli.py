@@ -1,0 +1,214 @@
+"""The ``mmjepa`` command line: ``mmjepa <command> [args]`` (also ``python -m mmjepa``).
+
+Every command's arguments are defined and parsed here, before anything heavy is imported: this
+module is apart from the ``mmjepa`` package, whose import loads torch and registers the model with
+transformers, so ``--help`` and argument errors answer at once. A command then imports its
+implementation and calls it with the parsed arguments. Expected failures (a bad recipe, a missing
+file, bad data, Ctrl-C) end with one line on stderr; set ``MMJEPA_DEBUG=1`` for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Callable
+
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+def _version() -> str:
+    try:
+        return version("mmjepa")
+    except PackageNotFoundError:  # pragma: no cover - a source tree that is not installed
+        return "unknown"
+
+
+# ----------------------------------------------------------------------------- argument definitions
+def _subcommands(p: argparse.ArgumentParser, dest: str) -> Callable[..., argparse.ArgumentParser]:
+    """Sub-commands of ``p`` stored under ``dest``; returns ``add(name, help=...) -> parser``. The
+    children are kept on ``p.children`` so that :func:`parse` can walk down to the leaf command."""
+    sub = p.add_subparsers(dest=dest, required=True, metavar=dest.upper())
+    p.children, p.child_dest = {}, dest
+
+    def add(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        kwargs.setdefault("description", kwargs.get("help"))
+        p.children[name] = sub.add_parser(name, **kwargs)
+        return p.children[name]
+
+    return add
+
+
+def _shards(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", choices=["folder", "csv", "jsonl", "hf"], help="kind of input")
+    p.add_argument("input", help="folder / manifest file / dataset name or folder")
+    p.add_argument("output", help="output folder for the shards and manifest.json")
+    p.add_argument("--prefix", default="shard", help="shard file name prefix (default: shard)")
+    p.add_argument("--max-count", type=int, default=10000, help="samples per shard (default 10000)")
+    p.add_argument("--max-size", type=float, default=1e9, help="bytes per shard (default 1e9)")
+    p.add_argument("--split", default="train", help="hf: the split (default train)")
+    p.add_argument("--config", default=None, help="hf: the dataset configuration")
+    p.add_argument("--text-lines", choices=["all", "first"], default="all",
+                   help="keep all lines of a text, or only the first (e.g. Tux Paint: English first)")
+    p.add_argument("--require", default="", help="comma list of modalities every sample must have (e.g. image,text)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _train(p: argparse.ArgumentParser) -> None:
+    p.usage = "%(prog)s [-h] [--print] RECIPE [KEY=VALUE ...]"
+    p.add_argument("recipe", nargs="?", metavar="RECIPE", help="recipe YAML file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="optional overrides of recipe entries, e.g. train.max_steps=50 model.hidden_size=64")
+    p.add_argument("--print", action="store_true", help="print the resolved recipe and exit")
+
+
+def _eval(p: argparse.ArgumentParser) -> None:
+    add = _subcommands(p, "task")
+    pr = add("probe", help="linear probe on frozen target-encoder features of a built-in labelled dataset")
+    pr.add_argument("--model", required=True, help="a folder written by save_pretrained (or a Hub id)")
+    pr.add_argument("--data", default="digits", help="built-in dataset name (default: digits)")
+    pr.add_argument("--modality", default=None, help="the modality to probe (default: the model's only one)")
+    pr.add_argument("--json", help="write the result to this JSON file")
+    sp = add("spans", help="masked-span prediction accuracy on a text file")
+    sp.add_argument("--model", required=True, help="a folder saved with save_pretrained (or a Hub id)")
+    sp.add_argument("--text", required=True, help="plain-text file to evaluate on")
+    sp.add_argument("--tokenizer", default=None,
+                    help="tokenizer folder (default: the model folder, else the one its config names)")
+    sp.add_argument("--mask-ratio", type=float, default=None, help="default: the model's mask_ratio")
+    sp.add_argument("--max-chunks", type=int, default=None, help="evaluate on at most this many chunks")
+    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--json", default=None, help="also write the result to this JSON file")
+
+
+def _tokenizer(p: argparse.ArgumentParser) -> None:
+    tr = _subcommands(p, "task")("train", help="train on text files and save as a transformers tokenizer")
+    tr.add_argument("--input", nargs="+", required=True, metavar="FILE", help="plain-text training files")
+    tr.add_argument("--vocab-size", type=int, default=8000)
+    tr.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram")
+    tr.add_argument("--output", required=True, metavar="DIR", help="folder to save_pretrained into")
+    tr.add_argument("--no-bos-eos", action="store_true", help="do not wrap encoded texts in <s> ... </s>")
+
+
+def _demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output-dir", default="runs/demo")
+    p.add_argument("--json", help="also write the numbers to this file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="optional recipe overrides, e.g. train.max_steps=100")
+
+
+def _bench(p: argparse.ArgumentParser) -> None:
+    add = _subcommands(p, "bench")
+    sp = add("speed", help="training/inference speed against lightly and transformers' IJepaModel")
+    sp.add_argument("--json", help="write the results to this JSON file")
+    sp.add_argument("--precision", default="fp32,bf16", help="comma list of fp32,bf16")
+    sp.add_argument("--repeats", type=int, default=7, help="timed rounds (median reported), >= 5 for the record")
+    sp.add_argument("--warmup", type=int, default=2)
+    sp.add_argument("--steps", type=int, default=4, help="steps (distinct mask batches) per timed round")
+    sp.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    sp.add_argument("--masks", choices=("shared", "own"), default="shared",
+                    help="shared: both training implementations use mmjepa's masks; own: lightly uses its collator")
+    sp.add_argument("--compile", action="store_true", help="also time mmjepa under torch.compile (inductor)")
+    sp.add_argument("--skip", default="", help="comma list of parts to skip: train,infer,memory,flops")
+    sp.add_argument("--tiny", action="store_true", help="a tiny configuration (smoke test of the harness)")
+    sp.add_argument("--peak-size", type=int, default=2048, help="n of the n x n x n matmul that measures the peak")
+    sp.add_argument("--check-batches", type=int, default=64,
+                    help="mask batches drawn from each collator to compare their token counts")
+    for f in ("image_size", "patch_size", "width", "depth", "heads", "pred_width", "pred_depth", "pred_heads",
+              "batch_size", "num_targets"):
+        sp.add_argument(f"--{f.replace('_', '-')}", type=int, default=None, help="override the benchmark model")
+    dp = add("data", help="input-pipeline throughput against training consumption")
+    dp.add_argument("--recipe", default=None, help="recipe whose data and model are measured (default: the digits one)")
+    dp.add_argument("--batches", type=int, default=20, help="batches per input-pipeline window")
+    dp.add_argument("--steps", type=int, default=8, help="training steps per window")
+    dp.add_argument("--repeats", type=int, default=3, help="windows (the median is reported)")
+    dp.add_argument("--no-tuxpaint", action="store_true", help="skip the tuxpaint-shards measurement")
+    dp.add_argument("--json", default=None, help="write the results here")
+    dp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides (e.g. data.num_workers=4)")
+    qp = add("quality", help="quality on real data: shakespeare (span filling) | fsdd (audio probe)")
+    qp.add_argument("name", choices=("fsdd", "shakespeare"), metavar="NAME", help="fsdd | shakespeare")
+    qp.add_argument("--json", default=None, help="write the results to this JSON file")
+    qp.add_argument("--workdir", default="runs/bench_quality", help="tokenizer, checkpoints, exports")
+    qp.add_argument("--steps", type=int, default=None, help="override train.max_steps of the recipe")
+    qp.add_argument("--seed", type=int, default=0, help="seed of the held-out masks / random encoder")
+    qp.add_argument("--bert-lr", type=float, default=None,
+                    help="shakespeare: BERT's peak learning rate (default: the recipe's, as mmjepa's)")
+    qp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
+
+
+# command -> (help, define arguments, implementation "module:function" taking the parsed arguments)
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] = {
+    "shards": ("build WebDataset shards from a folder / CSV / JSONL / HF dataset", _shards, "mmjepa.shards:run"),
+    "train": ("train from a recipe: mmjepa train RECIPE.yaml [KEY=VALUE ...]", _train, "mmjepa.commands:run_train"),
+    "eval": ("evaluate a saved model: probe | spans", _eval, "mmjepa.commands:run_eval"),
+    "tokenizer": ("train a SentencePiece-style tokenizer: tokenizer train ...", _tokenizer, "mmjepa.tokenizer:run"),
+    "demo": ("the quickstart on a small real dataset, a few minutes on a CPU", _demo, "mmjepa.demo:run"),
+    "bench": ("benchmarks: speed | data | quality", _bench, "mmjepa.bench.cli:run"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmjepa", description="Multimodal JEPA pretraining for image, text and audio.",
+                                     epilog="`mmjepa <command> --help` shows a command's options.")
+    parser.add_argument("-V", "--version", action="version", version=f"mmjepa {_version()}")
+    add = _subcommands(parser, "command")
+    for name, (help_, define, _) in COMMANDS.items():
+        define(add(name, help=help_))
+    return parser
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Parse a command line: walk down the sub-commands, then parse the leaf command's arguments,
+    where options and ``KEY=VALUE`` overrides may come in any order."""
+    node, chosen, rest = build_parser(), {}, list(argv)
+    while getattr(node, "children", None):
+        if not rest or rest[0].startswith("-"):
+            node.parse_args(rest)  # --help / --version / "required" errors: argparse prints and exits
+            node.error(f"expected a {node.child_dest}")  # pragma: no cover - parse_args exits first
+        name = rest.pop(0)
+        if name not in node.children:
+            node.error(f"unknown {node.child_dest} {name!r} (choose from {', '.join(node.children)})")
+        chosen[node.child_dest] = name
+        node = node.children[name]
+    args = node.parse_intermixed_args(rest)
+    for k, v in chosen.items():
+        setattr(args, k, v)
+    args.argv = list(argv)  # the command line as given, for records such as a benchmark's JSON
+    command = node
+    if args.command == "train" and args.recipe is None:
+        command.error("missing RECIPE: the recipe YAML file to train (KEY=VALUE overrides after it are optional)")
+    for item in getattr(args, "overrides", None) or []:
+        if "=" not in item:
+            command.error(f"{item!r} is not an override: overrides look like KEY=VALUE (e.g. train.max_steps=50)")
+    return args
+
+
+def _implementation(command: str) -> Callable[[argparse.Namespace], Any]:
+    module, func = COMMANDS[command][2].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        build_parser().print_help()
+        return 0
+    args = parse(argv)
+    prog = f"mmjepa {args.command}"
+    try:
+        return int(_implementation(args.command)(args) or 0)
+    except KeyboardInterrupt:
+        print(f"\n{prog}: stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001 - expected failures are one line; the rest is re-raised
+        kind = type(err).__name__
+        if os.environ.get("MMJEPA_DEBUG") or kind not in ("ValueError", "FileNotFoundError", "DataError",
+                                                             "TrainingInterrupted"):
+            raise
+        print(f"{prog}: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED if kind == "TrainingInterrupted" else EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
