@@ -14,6 +14,7 @@ import importlib
 import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any, Callable
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
@@ -52,6 +53,8 @@ def _shards(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="hf: the dataset configuration")
     p.add_argument("--text-lines", choices=["all", "first"], default="all",
                    help="keep all lines of a text, or only the first (e.g. Tux Paint: English first)")
+    p.add_argument("--text-columns", default="text,caption,sentence,transcription",
+                   help="csv/jsonl/hf: comma list of columns whose strings are a sample's text (a txt field)")
     p.add_argument("--require", default="", help="comma list of modalities every sample must have (e.g. image,text)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -140,8 +143,8 @@ def _bench(p: argparse.ArgumentParser) -> None:
 # command -> (help, define arguments, implementation "module:function" taking the parsed arguments)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] = {
     "shards": ("build WebDataset shards from a folder / CSV / JSONL / HF dataset", _shards, "mmjepa.shards:run"),
-    "train": ("train from a recipe: mmjepa train RECIPE.yaml [KEY=VALUE ...]", _train, "mmjepa.commands:run_train"),
-    "eval": ("evaluate a saved model: probe | spans", _eval, "mmjepa.commands:run_eval"),
+    "train": ("train from a recipe: mmjepa train RECIPE.yaml [KEY=VALUE ...]", _train, "mmjepa.engine.command:run"),
+    "eval": ("evaluate a saved model: probe | spans", _eval, "mmjepa.eval.command:run"),
     "tokenizer": ("train a SentencePiece-style tokenizer: tokenizer train ...", _tokenizer, "mmjepa.tokenizer:run"),
     "demo": ("the quickstart on a small real dataset, a few minutes on a CPU", _demo, "mmjepa.demo:run"),
     "bench": ("benchmarks: speed | data | quality", _bench, "mmjepa.bench.cli:run"),
@@ -196,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args = parse(argv)
     prog = f"mmjepa {args.command}"
+    if args.command == "train" and not Path(args.recipe).is_file():  # said before the seconds of imports
+        print(f"{prog}: recipe not found: {args.recipe}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return int(_implementation(args.command)(args) or 0)
     except KeyboardInterrupt:

@@ -22,7 +22,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from .modalities import get_modality, modality_for_extension, registered_modalities
 
@@ -87,7 +87,8 @@ def folder_samples(root: str | Path, text_lines: str = "all") -> Iterator[dict[s
         yield sample
 
 
-def _value_to_fields(name: str, value: Any, base: Path, text_lines: str) -> dict[str, bytes]:
+def _value_to_fields(name: str, value: Any, base: Path, text_lines: str,
+                     text_columns: Sequence[str]) -> dict[str, bytes]:
     """One manifest cell -> tar fields: an existing media file is stored by its extension; ``text``
     / ``caption`` strings become ``txt``; ``label`` ints become ``cls``; the rest goes to ``json``."""
     if value is None or (isinstance(value, str) and value == ""):
@@ -99,19 +100,20 @@ def _value_to_fields(name: str, value: Any, base: Path, text_lines: str) -> dict
             if _ext(path) == "txt":
                 data = _text(data.decode("utf-8"), text_lines).encode("utf-8")
             return {_ext(path): data}
-    if name in ("text", "caption", "txt"):
+    if name in text_columns:
         return {"txt": _text(str(value), text_lines).encode("utf-8")}
     if name in ("label", "cls"):
         return {"cls": str(int(value)).encode("utf-8")}
     return {}
 
 
-def manifest_samples(path: str | Path, text_lines: str = "all") -> Iterator[dict[str, Any]]:
+def manifest_samples(path: str | Path, text_lines: str = "all",
+                     text_columns: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
     """Rows of a CSV (header line) or JSONL file; paths are relative to the manifest's folder.
 
-    Columns: media columns hold file paths (``image``, ``audio`` or any name), ``text``/``caption``
-    hold strings, ``label`` an int, ``key``/``__key__`` the sample key (default: the row number);
-    every other column is kept in the sample's ``json`` field.
+    Columns: media columns hold file paths (any name; stored by the file's extension), the
+    ``text_columns`` hold a sample's text (stored as ``txt``), ``label`` an int, ``key``/``__key__``
+    the sample key (default: the row number); every other column is kept in the sample's ``json`` field.
     """
     path = Path(path)
     base = path.parent
@@ -130,7 +132,7 @@ def manifest_samples(path: str | Path, text_lines: str = "all") -> Iterator[dict
         for name, value in row.items():
             if name in ("key", "__key__"):
                 continue
-            fields = _value_to_fields(name, value, base, text_lines)
+            fields = _value_to_fields(name, value, base, text_lines, text_columns)
             if fields:
                 sample.update(fields)
             elif value not in (None, ""):
@@ -140,7 +142,7 @@ def manifest_samples(path: str | Path, text_lines: str = "all") -> Iterator[dict
         yield sample
 
 
-def _encode_hf_value(name: str, value: Any, text_lines: str) -> dict[str, bytes]:
+def _encode_hf_value(name: str, value: Any, text_lines: str, text_columns: Sequence[str]) -> dict[str, bytes]:
     """A decoded Hugging Face cell -> tar fields (PIL image -> png, audio dict -> wav/flac, ...)."""
     try:
         from PIL import Image
@@ -164,17 +166,17 @@ def _encode_hf_value(name: str, value: Any, text_lines: str) -> dict[str, bytes]
         buf = io.BytesIO()
         sf.write(buf, np.asarray(value["array"], dtype="float32"), int(value["sampling_rate"]), format="FLAC")
         return {"flac": buf.getvalue()}
-    if isinstance(value, str) and name in ("text", "caption", "sentence", "transcription"):
+    if isinstance(value, str) and name in text_columns:
         return {"txt": _text(value, text_lines).encode("utf-8")}
     if isinstance(value, (int,)) and not isinstance(value, bool) and name in ("label", "labels", "cls"):
         return {"cls": str(value).encode("utf-8")}
     return {}
 
 
-def hf_samples(name: str, split: str = "train", config: str | None = None,
-               text_lines: str = "all") -> Iterator[dict[str, Any]]:
+def hf_samples(name: str, split: str = "train", config: str | None = None, text_lines: str = "all",
+               text_columns: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
     """Rows of a Hugging Face dataset (hub name, local builder folder, or a ``save_to_disk`` folder)."""
-    import datasets
+    import datasets  # imported only by the runs that read a Hugging Face dataset (a second of start-up)
 
     local = Path(name)
     if local.is_dir() and ((local / "state.json").exists() or (local / "dataset_dict.json").exists()):
@@ -190,7 +192,7 @@ def hf_samples(name: str, split: str = "train", config: str | None = None,
         for col, value in row.items():
             if col in ("__key__", "key", "id"):
                 continue
-            fields = _encode_hf_value(col, value, text_lines)
+            fields = _encode_hf_value(col, value, text_lines, text_columns)
             if fields:
                 sample.update(fields)
             elif isinstance(value, (str, int, float, bool)) or value is None:
@@ -288,9 +290,9 @@ def run(args: argparse.Namespace) -> int:
     if args.source == "folder":
         samples = folder_samples(args.input, args.text_lines)
     elif args.source in ("csv", "jsonl"):
-        samples = manifest_samples(args.input, args.text_lines)
+        samples = manifest_samples(args.input, args.text_lines, args.text_columns.split(","))
     else:
-        samples = hf_samples(args.input, args.split, args.config, args.text_lines)
+        samples = hf_samples(args.input, args.split, args.config, args.text_lines, args.text_columns.split(","))
     require = tuple(r for r in args.require.split(",") if r)
     stats = write_shards(samples, args.output, args.prefix, args.max_count, args.max_size, require,
                          progress=not args.quiet)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from mmjepa.masking import MultiBlock2D, RandomPatch
 
@@ -71,6 +71,8 @@ def open_image(src: str | Path | bytes | bytearray) -> Image.Image:
     try:
         img = Image.open(fp)
         img.load()
+    except UnidentifiedImageError:
+        raise ValueError(f"could not decode {name}: not an image file of a known format") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ValueError(f"could not decode {name}: {err}") from None
     return img

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -19,6 +18,7 @@ from transformers import initialization as init
 
 from mmjepa.layers import sincos_1d
 from mmjepa.masking import SpanMasking
+from mmjepa.paths import local_or_hub
 
 from .base import Modality, register_modality
 
@@ -101,18 +101,9 @@ class TokenEmbed(nn.Module):
 
 
 # ----------------------------------------------------------------------------- tokenizer
-def looks_local(ref: str) -> bool:
-    """True when ``ref`` can only be a local path, not a Hub id (``name`` or ``org/name``)."""
-    return ref.startswith((".", "/", "~")) or "\\" in ref or ref.count("/") > 1 or Path(ref).exists()
-
-
 def load_tokenizer(ref: str) -> Any:
     """``AutoTokenizer.from_pretrained(ref)`` with a clear error for a local folder that is missing."""
-    if looks_local(ref):
-        path = Path(ref).expanduser()
-        if not path.is_dir():
-            raise ValueError(f"tokenizer: no such folder: {path}")
-        ref = str(path)
+    ref = local_or_hub(ref, "tokenizer")
     try:
         return AutoTokenizer.from_pretrained(ref)
     except (OSError, ValueError) as err:

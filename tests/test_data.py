@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import warnings
 from collections import Counter
 
 import numpy as np
@@ -17,7 +18,7 @@ from mmjepa import MMJepaConfig, MMJepaModel
 from mmjepa.bench.data import measure_input
 from mmjepa.engine import load_recipe
 from mmjepa.modalities import get_modality, modality_for_extension
-from mmjepa.data import (DataConfig, DataPipeline, DataStream, SampleProcessor, decode_meta,
+from mmjepa.data import (DataConfig, DataError, DataPipeline, DataStream, SampleProcessor, decode_meta,
                          iterate_epoch, model_inputs)
 from mmjepa.datasets import digits, shared_data_dir
 from mmjepa.shards import write_shards
@@ -185,6 +186,56 @@ def test_bad_samples_are_skipped_and_counted(tmp_path):
     assert stream.skipped == 2
     with pytest.raises(Exception):
         list(iterate_epoch(pipeline([{"type": "shards", "urls": str(src)}], on_error="raise")))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_stream_of_only_bad_samples_stops_with_the_first_cause(tmp_path, num_workers):
+    """Every sample fails: the stream raises DataError at once (it used to spin for ever), naming
+    the first cause and the count, also from data-loader workers."""
+    src = make_digit_shards(tmp_path, [8, 8], bad=set(range(16)))
+    p = pipeline([{"type": "shards", "urls": str(src)}], shuffle=False, num_workers=num_workers, error_window=32)
+    with warnings.catch_warnings(), pytest.raises(DataError) as err:  # (workers warn in their own processes)
+        warnings.simplefilter("ignore")
+        next(DataStream(p))
+    msg = str(err.value)
+    assert "32 of the last 32 samples" in msg and "could not decode image bytes" in msg and "sample 'd00" in msg
+    assert "Traceback" not in msg
+
+
+@pytest.mark.parametrize("rate,stops", [(0.3, True), (0.7, False)])
+def test_the_share_of_bad_samples_has_a_limit(tmp_path, rate, stops):
+    src = make_digit_shards(tmp_path, [16, 16], bad=set(range(0, 32, 2)))  # every other sample is bad
+    p = pipeline([{"type": "shards", "urls": str(src)}], shuffle=False, error_window=16, max_error_rate=rate,
+                 batch_size=2)
+    stream = DataStream(p)
+    with pytest.warns(UserWarning):
+        if stops:
+            with pytest.raises(DataError, match=r"8 of the last 16 samples .*max_error_rate=0\.3"):
+                for _ in range(16):
+                    next(stream)
+        else:
+            keys = [k for _ in range(8) for k in next(stream)["__key__"]]
+            assert keys == [f"d{i:04d}" for i in range(1, 32, 2)]
+
+
+def test_missing_shards_are_reported_before_reading(tmp_path):
+    with pytest.raises(ValueError, match="no such folder or file: .*nowhere"):
+        pipeline([{"type": "shards", "urls": str(tmp_path / "nowhere")}])
+    with pytest.raises(ValueError, match=r"no such shard file: .*x-000002\.tar \(and 1 more\)"):
+        src = make_digit_shards(tmp_path, [8, 8])
+        tars = sorted(str(p) for p in src.rglob("*.tar"))
+        pipeline([{"type": "shards", "urls": tars + [str(tmp_path / "x-000002.tar"), str(tmp_path / "x-3.tar")]}])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="has no manifest.json"):
+        pipeline([{"type": "shards", "urls": str(tmp_path / "empty")}])
+
+
+def test_fields_of_modalities_the_model_lacks_are_reported(tmp_path):
+    items = digits("all")
+    samples = [{"__key__": f"k{i}", "png": _png(items[i]["image"]), "txt": b"a caption"} for i in range(8)]
+    write_shards(samples, tmp_path / "pt", progress=False)
+    p = pipeline([{"type": "shards", "urls": str(tmp_path / "pt")}])
+    assert p.preflight() == {"txt": "text"}
 
 
 def test_mixing_weights(tmp_path):

@@ -121,3 +121,64 @@ def test_mmjepa_processor_routes_to_modalities():
         proc()
     with pytest.raises(ValueError, match=r"no audio= \(audio\) modality"):
         proc(audio=np.zeros(16000, dtype=np.float32), sampling_rate=16000)
+
+
+def _mode_image(mode: str, h: int, w: int) -> Image.Image:
+    """A real-valued picture (a gradient with a bright square) in PIL ``mode``; 16-bit and float
+    modes carry values beyond 8 bits."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    grey = ((yy * 7 + xx * 3) % 256).astype(np.uint8)
+    grey[h // 4 : h // 2, w // 4 : w // 2] = 255
+    if mode == "I;16":
+        return Image.fromarray(grey.astype(np.uint16) * 257)  # mode I;16
+    if mode == "I":
+        return Image.fromarray(grey.astype(np.int32) * 200, "I")
+    if mode == "F":
+        return Image.fromarray(grey.astype(np.float32) / 255.0, "F")
+    rgba = np.stack([grey, grey[::-1], grey[:, ::-1], np.where(grey > 128, 255, 60).astype(np.uint8)], -1)
+    return Image.fromarray(rgba, "RGBA").convert(mode)
+
+
+SIDES = [(16, 20), (32, 32), (32, 48), (48, 32), (50, 60)]  # below, equal, one side equal, above
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "PA", "I;16", "I", "1", "F", "RGB", "RGBA", "CMYK", "YCbCr"])
+@pytest.mark.parametrize("resize", ["shortest_edge", "exact"])
+@pytest.mark.parametrize("channels", [3, 1])
+def test_every_pil_mode_at_every_size(mode, resize, channels):
+    """Grey, grey+alpha, palette, 16/32-bit, bilevel and float images become model inputs at sizes
+    below, equal to and above the target (an equal side used to crash inside torch)."""
+    mean, std = ((0.5,), (0.5,)) if channels == 1 else ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    proc = ImageProcessor(ImageConfig(image_size=32, patch_size=8, resize=resize, num_channels=channels,
+                                      image_mean=mean, image_std=std))
+    for h, w in SIDES:
+        img = _mode_image(mode, h, w)
+        out = proc(img)["pixel_values"]
+        assert out.shape == (1, channels, 32, 32), (mode, h, w)
+        assert torch.isfinite(out).all() and out.min() >= -1.0 - 1e-5 and out.max() <= 1.0 + 1e-5
+        assert out.std() > 0.05, (mode, h, w)  # the picture survived (not a constant image)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, bool, np.float32])
+@pytest.mark.parametrize("hw", SIDES)
+def test_grey_arrays_at_every_size(dtype, hw):
+    h, w = hw
+    arr = (np.arange(h * w).reshape(h, w) % 200).astype(np.float64)
+    arr = {np.uint8: arr.astype(np.uint8), np.uint16: (arr * 300).astype(np.uint16), bool: arr > 100,
+           np.float32: (arr / 200).astype(np.float32)}[dtype]
+    out = ImageProcessor(ImageConfig(image_size=32, patch_size=8))(arr)["pixel_values"]
+    assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
+    assert torch.equal(out[0, 0] * 0.229 + 0.485, out[0, 0] * 0.229 + 0.485)  # grey: one value per pixel
+    r, g = out[0, 0] * 0.229 + 0.485, out[0, 1] * 0.224 + 0.456
+    assert torch.allclose(r, g, atol=1e-5)
+
+
+def test_image_paths_are_accepted(tmp_path):
+    img = _mode_image("RGB", 40, 30)
+    img.save(tmp_path / "a.png")
+    proc = ImageProcessor(ImageConfig(image_size=32, patch_size=8))
+    direct = proc(img)["pixel_values"]
+    for path in (tmp_path / "a.png", str(tmp_path / "a.png")):
+        assert torch.equal(proc(path)["pixel_values"], direct)
+    assert torch.equal(proc([str(tmp_path / "a.png"), img])["pixel_values"][1], direct[0])
+    assert torch.equal(proc((tmp_path / "a.png").read_bytes())["pixel_values"], direct)

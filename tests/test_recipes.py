@@ -89,7 +89,7 @@ def test_imagenet_recipe_matches_the_paper():
     assert r.train.mixed_precision == "bf16" and r.train.epochs == 600
 
 
-BASE = {"model": {"preset": "tiny", "num_hidden_layers": 1},
+BASE = {"model": {"preset": "tiny", "num_hidden_layers": 1, "modalities": {"image": {"image_size": 32, "patch_size": 4}}},
         "data": {"sources": [{"type": "builtin", "name": "digits"}]},
         "train": {"max_steps": 3}}
 

@@ -12,7 +12,7 @@ import yaml
 
 from mmjepa import MMJepaModel
 from mmjepa.engine.optim import cosine, cosine_with_warmup
-from mmjepa.engine import list_checkpoints, load_recipe, train
+from mmjepa.engine import TrainingInterrupted, list_checkpoints, load_recipe, train
 from mmjepa_cli import main as cli_main
 
 # masks that cover a fixed 7x7 block of the 8x8 grid: identical for any generator, so runs that
@@ -208,3 +208,64 @@ def test_recipe_dict_is_not_modified(tmp_path):
     before = copy.deepcopy(d)
     load_recipe(d, ["train.max_steps=3", "model.modalities.image.patch_size=8"])
     assert d == before
+
+
+def interrupt_at(step: int):
+    def cb(s, logs):
+        if s == step:
+            raise KeyboardInterrupt
+    return cb
+
+
+def test_ctrl_c_says_where_it_stopped_and_how_to_resume(tmp_path):
+    recipe = tiny_recipe(tmp_path, train={"save_every": 2, "max_steps": 6})
+    with pytest.raises(TrainingInterrupted, match=r"stopped at step 3; last checkpoint: step 2 \(.*step_00000002\); "
+                                                  r"run the same command to resume"):
+        train(load_recipe(recipe), callbacks=[interrupt_at(3)])
+    resumed = train(load_recipe(recipe))
+    assert resumed.resumed_from.name == "step_00000002" and resumed.steps == 6
+
+
+def test_rerunning_a_finished_run_says_so(tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"max_steps": 2})))
+    assert cli_main(["train", str(path)]) == 0
+    capsys.readouterr()
+    assert cli_main(["train", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"already finished: {tmp_path / 'run'} holds a finished run of 2 steps")
+    assert "nan" not in out and "samples/s" not in out
+    r = train(load_recipe(path))
+    assert r.already_finished and r.steps == 2 and r.history == []
+    assert cli_main(["train", str(path), "train.max_steps=3"]) == 0  # a longer run continues it
+    assert "trained 3 steps" in capsys.readouterr().out
+
+
+def test_an_output_dir_of_another_model_is_refused_in_one_line(tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"max_steps": 1})))
+    assert cli_main(["train", str(path)]) == 0
+    before = sorted(p.name for p in (tmp_path / "run").rglob("*"))
+    capsys.readouterr()
+    assert cli_main(["train", str(path), "model.hidden_size=64", "train.max_steps=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "holds a run of another model" in err and "model.hidden_size (32 there, 64 here)" in err
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == before  # nothing written or loaded
+    assert cli_main(["train", str(path), "model.hidden_size=64", "train.resume=never"]) == 0
+
+
+def test_bad_inputs_are_refused_before_anything_is_written(tmp_path, capsys):
+    base = tiny_recipe(tmp_path, train={"max_steps": 1})
+    cases = [({"data": {**base["data"], "sources": [{"type": "shards", "urls": str(tmp_path / "no_shards")}]}},
+              "no such folder or file: "),
+             ({"model": {**base["model"], "pretrained": str(tmp_path / "no_model")}}, "model.pretrained: no such folder"),
+             ({"model": {**base["model"], "modalities": {"text": {"vocab_size": 80, "max_length": 16,
+                                                                  "tokenizer": str(tmp_path / "no_tok")}}}},
+              "tokenizer: no such folder")]
+    for change, message in cases:
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump({**base, **change}))
+        assert cli_main(["train", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Repo id" not in err and err.count("\n") == 1, err
+        assert not (tmp_path / "run").exists()

@@ -17,9 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import braceexpand  # a dependency of webdataset
-import datasets
 import torch
-from datasets.distributed import split_dataset_by_node
 from webdataset.gopen import gopen
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
@@ -197,6 +195,9 @@ class HFSource:
         self.num_samples = cfg.num_samples
 
     def _dataset(self):
+        # Hugging Face datasets is imported only by the runs that stream from it (a second of start-up)
+        import datasets
+
         kwargs: dict[str, Any] = {"split": self.cfg.split, "streaming": True}
         if self.cfg.urls:
             kwargs["data_files"] = {self.cfg.split: expand_urls(self.cfg.urls)}
@@ -207,6 +208,8 @@ class HFSource:
         return ds
 
     def role_stream(self, r: Role, tag: int) -> Iterator[dict[str, Any]]:
+        from datasets.distributed import split_dataset_by_node  # see _dataset
+
         base = self._dataset()
         for p in itertools.count():
             ds = base

@@ -33,6 +33,7 @@ from ..data import DataConfig, SourceConfig
 from ..modalities import get_modality
 from ..models import PRESETS, MMJepaConfig
 from ..objectives import get_objective
+from ..paths import local_or_hub
 
 PRECISIONS = ("no", "bf16", "fp16")
 
@@ -127,7 +128,7 @@ class ModelSection:
     def model_config(self) -> MMJepaConfig:
         """Preset (or saved config), then the recipe's options on top."""
         if self.pretrained:
-            config = MMJepaConfig.from_pretrained(self.pretrained)
+            config = MMJepaConfig.from_pretrained(local_or_hub(self.pretrained, "model.pretrained"))
             for k, v in self.config.items():
                 setattr(config, k, v)
             config.validate_values()
@@ -262,9 +263,11 @@ def _model_section(node: Any) -> ModelSection:
         config["objectives"] = _objectives(config["objectives"])
     out = ModelSection(preset, pretrained, config)
     try:
-        out.model_config()
+        built = out.model_config()
     except (ValueError, TypeError) as err:
         raise ValueError(f"model: {err}") from None
+    if not built.modalities:
+        raise ValueError("model.modalities: name at least one modality, e.g. modalities: {image: {image_size: 224}}")
     return out
 
 

@@ -30,7 +30,8 @@ class MMJepaConfig(PreTrainedConfig):
 
     Args:
         modalities: modality name -> that modality's options (see ``modalities/<name>.py``);
-            missing options take the modality's defaults. Default: ``{"image": {}}``.
+            missing options take the modality's defaults. A model needs at least one; a config
+            without any exists only as transformers' reference for default values.
         hidden_size, num_hidden_layers, num_attention_heads, mlp_ratio, qkv_bias, layer_norm_eps:
             the context/target encoders (one per modality, all of width ``hidden_size`` = the shared
             latent dimension D).
@@ -65,7 +66,7 @@ class MMJepaConfig(PreTrainedConfig):
         initializer_range: float = 0.02,
         **kwargs,
     ):
-        self.modalities = {k: dict(v or {}) for k, v in (modalities if modalities is not None else {"image": {}}).items()}
+        self.modalities = {k: dict(v or {}) for k, v in (modalities or {}).items()}
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
         self.num_attention_heads = num_attention_heads
@@ -85,8 +86,6 @@ class MMJepaConfig(PreTrainedConfig):
 
     def validate_values(self) -> None:
         """Raise ValueError naming the first bad option."""
-        if not self.modalities:
-            raise ValueError("modalities must name at least one modality")
         if self.position_embedding not in POSITIONS:
             raise ValueError(f"position_embedding must be one of {POSITIONS}, got {self.position_embedding!r}")
         for width, heads, name in (

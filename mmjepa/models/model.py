@@ -98,6 +98,9 @@ class MMJepaModel(MMJepaPreTrainedModel):
 
     def __init__(self, config: MMJepaConfig):
         super().__init__(config)
+        if not config.modalities:
+            raise ValueError("the config names no modality: give MMJepaConfig(modalities={name: options, ...}), "
+                             "e.g. {\"image\": {\"image_size\": 224, \"patch_size\": 16}}")
         self.modality_names = list(config.modalities)
         self.main_input_name = get_modality(self.modality_names[0]).input_key
         self.encoders = nn.ModuleDict({m: self._encoder(m) for m in self.modality_names})

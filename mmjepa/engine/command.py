@@ -1,21 +1,17 @@
-"""What ``mmjepa train`` and ``mmjepa eval`` do with their parsed arguments (see ``mmjepa_cli``)."""
+"""``mmjepa train RECIPE [KEY=VALUE ...]`` with the arguments ``mmjepa_cli`` parsed."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-from pathlib import Path
 
 import yaml
 
-from .engine import load_recipe, train
-from .eval.probe import probe_dataset
-from .eval.spans import run_spans
-from .models import MMJepaModel
+from .recipe import load_recipe
+from .trainer import train
 
 
-def run_train(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     if args.print:
         print(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
@@ -33,21 +29,4 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"trained {result.steps} steps, {result.samples_seen} samples, {result.train_samples_per_s:.1f} samples/s, "
           f"{loss}; {result.skipped_samples} bad samples skipped; checkpoint {result.checkpoint}, "
           f"export {result.export_dir}")
-    return 0
-
-
-def run_eval(args: argparse.Namespace) -> int:
-    if args.task == "spans":
-        return run_spans(args)
-    model = MMJepaModel.from_pretrained(args.model)
-    modality = args.modality
-    if modality is None:
-        if len(model.modality_names) != 1:
-            raise ValueError(f"the model has modalities {model.modality_names}: pick one with --modality")
-        modality = model.modality_names[0]
-    acc = probe_dataset(model, args.data, modality, progress=True)
-    print(f"linear probe accuracy on {args.data} ({modality}): {acc:.4f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"task": "probe", "data": args.data, "modality": modality,
-                                               "accuracy": acc}, indent=2))
     return 0
