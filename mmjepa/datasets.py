@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 
 
 def shared_data_dir(required: bool = True) -> Path | None:
@@ -25,7 +26,8 @@ def shared_data_dir(required: bool = True) -> Path | None:
             return c
     if required:
         raise FileNotFoundError(
-            "no shared data folder found; set MMJEPA_DATA_DIR to the folder that holds fsdd/, tuxpaint/, ..."
+            "no data folder found: set MMJEPA_DATA_DIR to the folder that holds fsdd/, tinyshakespeare/, "
+            "tuxpaint/ ... (docs/data.md says where to get each)"
         )
     return None
 
@@ -35,6 +37,7 @@ def digits(split: str = "train", test_fraction: float = 0.3, seed: int = 0) -> l
 
     A fixed stratified split: ``train`` (70%) and ``test`` (30%).
     """
+    # scikit-learn is imported by the runs that use these digits only (over a second of start-up)
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -58,8 +61,6 @@ def fsdd(split: str = "train") -> list[dict[str, Any]]:
     "sampling_rate": 8000}`` (the form the data pipeline decodes audio to, which the audio processor
     takes as it is), ``sampling_rate`` (again), ``label`` (the digit), ``speaker``.
     """
-    import soundfile as sf
-
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
     folder = shared_data_dir() / "fsdd" / "recordings"

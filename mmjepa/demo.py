@@ -53,7 +53,7 @@ def run_demo(output_dir: str = "runs/demo", overrides: list[str] | None = None, 
     if hist:
         line_plot({"train loss": ([h["step"] for h in hist], [h["loss"] for h in hist])},
                   Path(output_dir) / "loss.png", title="I-JEPA on digits: latent prediction loss",
-                  xlabel="step", ylabel="loss")
+                  xlabel="step", ylabel="loss (log scale)", log_y=True)
     (Path(output_dir) / "demo.json").write_text(json.dumps(out, indent=2))
     return out
 

@@ -24,6 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+import numpy as np
+import soundfile as sf
+import webdataset as wds
+from PIL import Image
+from tqdm.auto import tqdm
+
 from .modalities import get_modality, modality_for_extension, registered_modalities
 
 META_EXTS = ("json", "cls")
@@ -144,11 +150,7 @@ def manifest_samples(path: str | Path, text_lines: str = "all",
 
 def _encode_hf_value(name: str, value: Any, text_lines: str, text_columns: Sequence[str]) -> dict[str, bytes]:
     """A decoded Hugging Face cell -> tar fields (PIL image -> png, audio dict -> wav/flac, ...)."""
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover
-        Image = None
-    if Image is not None and isinstance(value, Image.Image):
+    if isinstance(value, Image.Image):
         buf = io.BytesIO()
         value.save(buf, format="PNG")
         return {"png": buf.getvalue()}
@@ -160,9 +162,6 @@ def _encode_hf_value(name: str, value: Any, text_lines: str, text_columns: Seque
             raise ValueError(f"column {name!r}: cannot tell the format of its bytes (no file name, unknown header)")
         return {ext: value["bytes"]}
     if isinstance(value, dict) and "array" in value and "sampling_rate" in value:
-        import numpy as np
-        import soundfile as sf
-
         buf = io.BytesIO()
         sf.write(buf, np.asarray(value["array"], dtype="float32"), int(value["sampling_rate"]), format="FLAC")
         return {"flac": buf.getvalue()}
@@ -221,9 +220,6 @@ def write_shards(samples: Iterable[dict[str, Any]], out_dir: str | Path, prefix:
     ``require`` lists modalities (``image``, ``audio``, ``text`` ...) every sample must have a field
     of; samples without them are skipped and counted.
     """
-    import webdataset as wds
-    from tqdm.auto import tqdm
-
     if max_count < 1 or max_size <= 0:
         raise ValueError("--max-count and --max-size must be positive")
     for r in require:

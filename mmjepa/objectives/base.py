@@ -11,11 +11,16 @@ stored as a plain dict under ``MMJepaConfig.objectives[<name>]``; ``type`` picks
 class and defaults to ``<name>``, so one type can appear twice under two names (e.g. a readout
 per modality). Objectives that need every rank's embeddings (contrastive losses) gather them
 themselves, so the trainer never changes for a new objective.
+
+The built-in objectives register when this package is imported; an installed package can add its
+own through the ``mmjepa.objectives`` entry-point group (``name = "package.module"``).
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -24,6 +29,7 @@ from torch import nn
 from ..options import options_from_dict
 
 _REGISTRY: dict[str, type["Objective"]] = {}
+ENTRY_POINT_GROUP = "mmjepa.objectives"
 
 
 @dataclass
@@ -107,15 +113,23 @@ def register_objective(cls: type[Objective]) -> type[Objective]:
     return cls
 
 
+def _installed() -> dict[str, str]:
+    """Objectives of installed packages: the ``mmjepa.objectives`` entry points (name -> module)."""
+    return {ep.name: ep.value.split(":")[0] for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
 def get_objective(type_name: str) -> type[Objective]:
+    """The objective class registered as ``type_name`` (importing an installed plug-in on first use)."""
+    if type_name not in _REGISTRY and type_name in _installed():
+        importlib.import_module(_installed()[type_name])
     try:
         return _REGISTRY[type_name]
     except KeyError:
-        raise ValueError(f"unknown objective type {type_name!r}; registered: {sorted(_REGISTRY)}") from None
+        raise ValueError(f"unknown objective type {type_name!r}; registered: {registered_objectives()}") from None
 
 
 def registered_objectives() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) | set(_installed()))
 
 
 def objective_config(name: str, opts: dict[str, Any] | None) -> Any:
