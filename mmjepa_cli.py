@@ -129,14 +129,21 @@ def _bench(p: argparse.ArgumentParser) -> None:
     dp.add_argument("--no-tuxpaint", action="store_true", help="skip the tuxpaint-shards measurement")
     dp.add_argument("--json", default=None, help="write the results here")
     dp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides (e.g. data.num_workers=4)")
-    qp = add("quality", help="quality on real data: shakespeare (span filling) | fsdd (audio probe)")
-    qp.add_argument("name", choices=("fsdd", "shakespeare"), metavar="NAME", help="fsdd | shakespeare")
+    qp = add("quality", help="quality on real data: fsdd | shakespeare | spoken_digits | tuxpaint")
+    qp.add_argument("name", choices=("fsdd", "shakespeare", "spoken_digits", "tuxpaint"), metavar="NAME",
+                    help="fsdd (audio probe) | shakespeare (span filling vs BERT) | spoken_digits, tuxpaint "
+                         "(tri-modal retrieval and probes vs contrastive)")
     qp.add_argument("--json", default=None, help="write the results to this JSON file")
     qp.add_argument("--workdir", default="runs/bench_quality", help="tokenizer, checkpoints, exports")
     qp.add_argument("--steps", type=int, default=None, help="override train.max_steps of the recipe")
     qp.add_argument("--seed", type=int, default=0, help="seed of the held-out masks / random encoder")
     qp.add_argument("--bert-lr", type=float, default=None,
                     help="shakespeare: BERT's peak learning rate (default: the recipe's, as mmjepa's)")
+    qp.add_argument("--budget", type=float, default=300.0,
+                    help="spoken_digits, tuxpaint: seconds of training per model (default 300)")
+    qp.add_argument("--no-low-pair", action="store_true", help="spoken_digits: skip the low-pair regime")
+    qp.add_argument("--ablation", action="store_true",
+                    help="spoken_digits: also train the alignment options without contrastive negatives")
     qp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
 
 
@@ -210,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - expected failures are one line; the rest is re-raised
         kind = type(err).__name__
         if os.environ.get("MMJEPA_DEBUG") or kind not in ("ValueError", "FileNotFoundError", "DataError",
-                                                             "TrainingInterrupted"):
+                                                             "TrainingInterrupted", "CollapseError"):
             raise
         print(f"{prog}: {err}", file=sys.stderr)
         return EXIT_INTERRUPTED if kind == "TrainingInterrupted" else EXIT_USAGE

@@ -41,6 +41,8 @@ from mmjepa.plot import line_plot
 from mmjepa.recipes import recipe_path
 from mmjepa.tokenizer import train_tokenizer
 
+from .multimodal import bench_spoken_digits, bench_tuxpaint
+
 
 def _trainable(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -319,7 +321,8 @@ def bench_fsdd(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
-BENCHES = {"shakespeare": bench_shakespeare, "fsdd": bench_fsdd}
+BENCHES = {"shakespeare": bench_shakespeare, "fsdd": bench_fsdd, "spoken_digits": bench_spoken_digits,
+           "tuxpaint": bench_tuxpaint}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,7 +37,6 @@ import argparse
 import copy
 import gc
 import json
-import math
 import platform
 import statistics
 import sys

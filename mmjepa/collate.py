@@ -3,6 +3,10 @@
 Each modality's part of the batch is built by its plug-in (``Modality.collate``: stacking, padding,
 validity masks), then its mask sampler draws index tensors (``mmjepa.masking``) — I-JEPA's design:
 masks are made here, in the data loader, and applied in the model by gather.
+
+A sample may hold any subset of the modalities. Each modality's part of the batch holds only the
+samples that have it, in order, and ``batch["present"][m]`` (Bm,) gives their positions in the
+batch; a modality no sample of the batch has is left out.
 """
 
 from __future__ import annotations
@@ -43,11 +47,21 @@ class MaskCollator:
             raise ValueError("cannot collate an empty list of samples")
         batch: dict[str, Any] = {}
         masks: dict[str, MaskSet] = {}
+        present: dict[str, torch.Tensor] = {}
+        consumed: set[str] = set()
         for name, (mod, cfg, sampler) in self.modalities.items():
-            part = mod.collate(samples, cfg)
+            consumed.update((mod.input_key, *mod.sample_keys))
+            rows = [i for i, s in enumerate(samples) if s.get(mod.input_key) is not None]
+            if not rows:
+                continue
+            part = mod.collate([samples[i] for i in rows], cfg)
             batch.update(part)
-            masks[name] = sampler(len(samples), self.generator, valid=mod.valid_tokens(part))
-        for k in sorted({k for s in samples for k in s} - set(batch)):  # labels, keys ... pass through
+            masks[name] = sampler(len(rows), self.generator, valid=mod.valid_tokens(part))
+            present[name] = torch.tensor(rows, dtype=torch.long)
+        if not masks:
+            raise ValueError(f"no sample holds any of the modalities {list(self.modalities)}")
+        batch["present"] = present
+        for k in sorted({k for s in samples for k in s} - set(batch) - consumed):  # labels, keys ... pass through
             vals = [s.get(k) for s in samples]
             if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
                 batch[k] = torch.as_tensor(vals)

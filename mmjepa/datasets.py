@@ -106,11 +106,89 @@ def shakespeare(split: str = "train", chunk_chars: int = 350) -> list[dict[str, 
     return [{"__key__": f"shakespeare-{split}-{i:05d}", "text": t} for i, t in enumerate(out)]
 
 
-BUILTIN = {"digits": digits, "fsdd": fsdd, "shakespeare": shakespeare}
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+DIGIT_TEMPLATES = ("{}", "the digit {}", "the number {}", "a {}", "it is a {}")
+
+
+def digit_texts(label: int) -> list[str]:
+    """Every caption of a digit class: its word in each template ("the number seven" ...)."""
+    return [t.format(DIGIT_WORDS[label]) for t in DIGIT_TEMPLATES]
+
+
+def spoken_digits(split: str = "train", paired_fraction: float = 1.0, keep: str = "all",
+                  image_test_fraction: float = 0.2, seed: int = 0) -> list[dict[str, Any]]:
+    """Spoken, handwritten and written digits (the AV-MNIST idea with a text side): one sample per
+    FSDD clip of the split (train: takes 5-49, test: takes 0-4), with a digit image of the same
+    class drawn from scikit-learn's digits (train: 80%, test: the held-out 20%) and the digit's
+    word in a template drawn from :data:`DIGIT_TEMPLATES`: triples paired at class level.
+
+    ``paired_fraction`` < 1 (the low-pair regime): only that share of the samples, drawn at random,
+    keeps all three modalities; every other sample keeps one of them, drawn uniformly (the others
+    are None). ``keep``: ``all`` samples, only the ``paired`` ones or only the ``unpaired`` ones (two
+    sources of a recipe can then be mixed with weights). Samples: ``image``, ``audio``, ``text``,
+    ``label``.
+    """
+    if not 0.0 <= paired_fraction <= 1.0:
+        raise ValueError(f"paired_fraction must lie in [0, 1], got {paired_fraction}")
+    if keep not in ("all", "paired", "unpaired"):
+        raise ValueError(f"keep must be 'all', 'paired' or 'unpaired', got {keep!r}")
+    rng = np.random.default_rng(seed + (split == "test"))
+    images = digits(split, test_fraction=image_test_fraction)
+    by_class: dict[int, list[np.ndarray]] = {}
+    for it in images:
+        by_class.setdefault(it["label"], []).append(it["image"])
+    out = []
+    for clip in fsdd(split):
+        y = clip["label"]
+        pool = by_class[y]
+        s = {"__key__": clip["__key__"].replace("fsdd-", "digits-"), "label": y, "audio": clip["audio"],
+             "image": pool[rng.integers(len(pool))], "text": DIGIT_TEMPLATES[rng.integers(len(DIGIT_TEMPLATES))].format(DIGIT_WORDS[y])}
+        paired = rng.random() < paired_fraction
+        if not paired:
+            kept = ("image", "audio", "text")[rng.integers(3)]
+            for m in ("image", "audio", "text"):
+                if m != kept:
+                    s[m] = None
+        if keep == "all" or (keep == "paired") == paired:
+            out.append(s)
+    return out
+
+
+def tuxpaint(split: str = "train", test_fraction: float = 0.2, seed: int = 0,
+             require_sound: bool = False) -> list[dict[str, Any]]:
+    """Tux Paint's clip-art stamps: ``image`` (the PNG's path), ``text`` (its English caption, the
+    first line of ``X.txt``), ``audio`` (the path of its sound effect ``X.ogg``, or None: 131 of the
+    785 stamps have one) and ``label`` (the stamp's index, for instance-level retrieval). A fixed
+    split: a seeded permutation of the stamps sorted by path, ``test_fraction`` held out."""
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    root = shared_data_dir() / "tuxpaint"
+    if not root.is_dir():
+        raise FileNotFoundError(f"the Tux Paint stamps are not in {root} (see docs/data.md)")
+    stamps = sorted(p for p in root.rglob("*.png") if p.with_suffix(".txt").is_file())
+    order = np.random.default_rng(seed).permutation(len(stamps))
+    n_test = int(round(test_fraction * len(stamps)))
+    keep = {"train": order[n_test:], "test": order[:n_test], "all": order}[split]
+    out = []
+    for i in sorted(keep):
+        png = stamps[i]
+        caption = png.with_suffix(".txt").read_text(encoding="utf-8").strip().split("\n", 1)[0].strip()
+        sound = png.with_suffix(".ogg")
+        if require_sound and not sound.is_file():
+            continue
+        out.append({"__key__": f"tuxpaint-{png.relative_to(root).with_suffix('').as_posix().replace('/', '_')}",
+                    "image": str(png), "text": caption, "audio": str(sound) if sound.is_file() else None,
+                    "label": int(i)})
+    return out
+
+
+BUILTIN = {"digits": digits, "fsdd": fsdd, "shakespeare": shakespeare, "spoken_digits": spoken_digits,
+           "tuxpaint": tuxpaint}
 
 
 def load_builtin(name: str, split: str = "train", **kwargs: Any) -> list[dict[str, Any]]:
-    """A built-in dataset by name (``digits`` ...) as a list of sample dicts."""
+    """A built-in dataset by name (``digits`` ...) as a list of sample dicts; ``kwargs`` are the
+    dataset's options (a recipe's source ``options``)."""
     if name not in BUILTIN:
         raise ValueError(f"unknown built-in dataset {name!r}; available: {sorted(BUILTIN)}")
     return BUILTIN[name](split=split, **kwargs)

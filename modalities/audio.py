@@ -22,7 +22,6 @@ from typing import Any, Iterable
 import numpy as np
 import soundfile as sf
 import torch
-from torch import nn
 from torchaudio.compliance import kaldi
 from torchaudio.functional import resample
 
@@ -38,7 +37,8 @@ AST_MEAN, AST_STD = -4.2677393, 4.5689974  # AudioSet log-mel statistics used by
 class AudioConfig:
     """Options of the audio modality (stored under ``config.modalities["audio"]``).
 
-    ``mean`` / ``std`` normalise the log-mel features; compute them for a dataset with
+    ``max_freq_hz`` caps the mel filters (e.g. 4000 for 8 kHz recordings, whose upper half is
+    empty). ``mean`` / ``std`` normalise the log-mel features; compute them for a dataset with
     :func:`compute_normalization_stats` (or ``python -m mmjepa.modalities.audio stats FILE...``).
     ``padding``: ``"mask"`` marks the tokens of padded frames invalid, ``"zeros"`` treats the
     zero padding as signal (every token valid). ``mask``: ``"tf_blocks"`` (A-JEPA-style blocks that
@@ -50,6 +50,7 @@ class AudioConfig:
     num_mel_bins: int = 128
     frame_length_ms: float = 25.0
     frame_shift_ms: float = 10.0
+    max_freq_hz: float = 0.0  # highest mel frequency; 0: the Nyquist frequency (8 kHz at 16 kHz)
     max_frames: int = 1024
     patch_size: Any = 16  # an int, or (frequency, time)
     padding: str = "mask"
@@ -80,6 +81,8 @@ class AudioConfig:
             raise ValueError(f"std must be > 0, got {self.std}")
         if self.sample_rate <= 0:
             raise ValueError(f"sample_rate must be > 0, got {self.sample_rate}")
+        if not 0 <= self.max_freq_hz <= self.sample_rate / 2:
+            raise ValueError(f"max_freq_hz must lie in [0, {self.sample_rate / 2}] (0: Nyquist), got {self.max_freq_hz}")
 
     @property
     def patch(self) -> tuple[int, int]:
@@ -178,7 +181,8 @@ class AudioProcessor:
         """(n,) waveform at ``cfg.sample_rate`` -> (T, num_mel_bins) Kaldi log-mel filterbank (AST settings)."""
         return kaldi.fbank(wav.unsqueeze(0), htk_compat=True, sample_frequency=self.cfg.sample_rate,
                            use_energy=False, window_type="hanning", num_mel_bins=self.cfg.num_mel_bins,
-                           dither=0.0, frame_length=self.cfg.frame_length_ms, frame_shift=self.cfg.frame_shift_ms)
+                           dither=0.0, frame_length=self.cfg.frame_length_ms, frame_shift=self.cfg.frame_shift_ms,
+                           high_freq=self.cfg.max_freq_hz)
 
     def log_mel(self, audio: Any, sampling_rate: int | None = None) -> torch.Tensor:
         """Unnormalised, uncropped (T, num_mel_bins) log-mel features of one clip."""
@@ -415,6 +419,7 @@ class AudioModality(Modality):
     processor_arg = "audio"
     processor_kwargs = ("sampling_rate",)
     extensions = ("wav", "flac", "ogg", "mp3")
+    sample_keys = ("input_features_valid",)
 
     @classmethod
     def decode(cls, data: bytes, ext: str, cfg: AudioConfig) -> dict[str, Any]:

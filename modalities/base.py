@@ -16,7 +16,8 @@ adding a modality (video, depth, a 1-D sensor) touches no core file. A plug-in o
   (B, N, D) tokens with fixed positions added, exposing ``num_tokens``, ``coords`` (an (N, ndim)
   integer grid buffer, for RoPE), ``grid_coords()`` and ``position_table(dim)``;
 - masks: :meth:`build_mask_sampler` (see ``mmjepa.masking``);
-- batching: :meth:`collate` (per-sample model inputs -> one batch, padding as needed);
+- batching: :meth:`collate` (per-sample model inputs -> one batch, padding as needed), reading
+  ``input_key`` and ``sample_keys`` of each sample;
 - pooling: :meth:`pool` (token latents -> one embedding per sample) and :meth:`probe_features`
   (the view a frozen linear probe gets);
 - set-up: :meth:`resolve_config` (load and check external resources such as a tokenizer before a
@@ -59,6 +60,7 @@ class Modality:
     processor_arg: ClassVar[str]  # keyword of MMJepaProcessor.__call__, e.g. "images"
     processor_kwargs: ClassVar[tuple[str, ...]] = ()  # extra keywords routed to this processor
     extensions: ClassVar[tuple[str, ...]] = ()  # file extensions decode() understands, lower case
+    sample_keys: ClassVar[tuple[str, ...]] = ()  # per-sample keys collate() reads besides input_key
     default_objectives: ClassVar[dict[str, dict[str, Any]]] = {}
 
     # ------------------------------------------------------------------ options
@@ -86,7 +88,10 @@ class Modality:
         return cls.embed_class(cfg, dim, add_positions)
 
     @classmethod
-    def build_processor(cls, cfg: Any, **kwargs: Any) -> Any:
+    def build_processor(cls, cfg: Any, train: bool = False, **kwargs: Any) -> Any:
+        """The processor; ``train``: the one the training data pipeline uses. A processor that
+        augments its inputs in training sets ``augments = True`` and takes a ``generator=``
+        (the pipeline's, seeded per batch: augmentation is as reproducible as the masks)."""
         return cls.processor_class(cfg, **kwargs)
 
     @classmethod

@@ -39,6 +39,12 @@ class ImageConfig:
     min_keep: int = 4
     allow_overlap: bool = False
     mask_ratio: float = 0.6  # for mask="random"
+    # training augmentation (the data pipeline only; never at evaluation): a random resized crop
+    # covering crop_scale of the image with an aspect ratio in crop_ratio (I-JEPA: scale 0.3-1.0),
+    # and a horizontal flip with probability 0.5
+    crop_scale: tuple[float, float] | None = None
+    crop_ratio: tuple[float, float] = (0.75, 4 / 3)
+    hflip: bool = False
 
     def __post_init__(self):
         h, w = pair(self.image_size)
@@ -52,6 +58,13 @@ class ImageConfig:
             raise ValueError(f"resize must be 'shortest_edge' or 'exact', got {self.resize!r}")
         if self.mask not in ("multiblock", "random"):
             raise ValueError(f"mask must be 'multiblock' or 'random', got {self.mask!r}")
+        if self.crop_scale is not None:
+            lo, hi = self.crop_scale
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        lo, hi = self.crop_ratio
+        if not 0 < lo <= hi:
+            raise ValueError(f"crop_ratio must satisfy 0 < min <= max, got {self.crop_ratio}")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -137,8 +150,10 @@ class ImageProcessor:
     is resized (shortest edge + centre crop, or exact) and normalised.
     """
 
-    def __init__(self, cfg: ImageConfig | None = None, **overrides):
+    def __init__(self, cfg: ImageConfig | None = None, train: bool = False, **overrides):
         self.cfg = cfg or ImageConfig(**overrides)
+        # with ``train`` the configured augmentation applies (drawn from the generator each call gets)
+        self.augments = train and (self.cfg.crop_scale is not None or self.cfg.hflip)
         self.size = pair(self.cfg.image_size)
         self.mean = torch.tensor(self.cfg.image_mean).view(-1, 1, 1)
         self.std = torch.tensor(self.cfg.image_std).view(-1, 1, 1)
@@ -216,11 +231,40 @@ class ImageProcessor:
         top, left = (image.shape[-2] - th) // 2, (image.shape[-1] - tw) // 2
         return image[:, top : top + th, left : left + tw].clamp(0.0, 1.0)
 
-    def preprocess(self, image: Any) -> torch.Tensor:
-        """One image -> (C, H, W) normalised float32."""
-        return (self._resize(self._to_tensor(image)) - self.mean) / self.std
+    def _augment(self, image: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """A random resized crop (torchvision's sampling: area and log-uniform aspect ratio, ten
+        tries, else the whole image) resized exactly to the target, then a random flip."""
+        h, w = image.shape[-2:]
+        if self.cfg.crop_scale is not None:
+            lo, hi = self.cfg.crop_scale
+            log_r = torch.log(torch.tensor(self.cfg.crop_ratio, dtype=torch.float64))
+            box = (0, 0, h, w)
+            for _ in range(10):
+                area = h * w * (lo + (hi - lo) * float(torch.rand(1, generator=g)))
+                ratio = float(torch.exp(log_r[0] + (log_r[1] - log_r[0]) * torch.rand(1, generator=g, dtype=torch.float64)))
+                ch, cw = round((area / ratio) ** 0.5), round((area * ratio) ** 0.5)
+                if 0 < ch <= h and 0 < cw <= w:
+                    top = int(torch.randint(0, h - ch + 1, (1,), generator=g))
+                    left = int(torch.randint(0, w - cw + 1, (1,), generator=g))
+                    box = (top, left, ch, cw)
+                    break
+            top, left, ch, cw = box
+            image = F.interpolate(image[None, :, top : top + ch, left : left + cw], size=self.size, mode="bicubic",
+                                  antialias=True, align_corners=False)[0].clamp(0.0, 1.0)
+        else:
+            image = self._resize(image)
+        if self.cfg.hflip and float(torch.rand(1, generator=g)) < 0.5:
+            image = image.flip(-1)
+        return image
 
-    def __call__(self, images: Any, return_tensors: str | None = "pt") -> dict[str, torch.Tensor]:
+    def preprocess(self, image: Any, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One image -> (C, H, W) normalised float32 (augmented when the processor trains)."""
+        image = self._to_tensor(image)
+        image = self._augment(image, generator) if self.augments and generator is not None else self._resize(image)
+        return (image - self.mean) / self.std
+
+    def __call__(self, images: Any, return_tensors: str | None = "pt",
+                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         if isinstance(images, torch.Tensor) and images.dim() == 4:
             images = list(images)
         elif isinstance(images, np.ndarray) and images.ndim == 4:
@@ -229,7 +273,7 @@ class ImageProcessor:
             images = [images]
         if len(images) == 0:
             raise ValueError("no images given")
-        return {"pixel_values": torch.stack([self.preprocess(im) for im in images])}
+        return {"pixel_values": torch.stack([self.preprocess(im, generator) for im in images])}
 
 
 @register_modality
@@ -241,6 +285,10 @@ class ImageModality(Modality):
     processor_class = ImageProcessor
     processor_arg = "images"
     extensions = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+
+    @classmethod
+    def build_processor(cls, cfg: ImageConfig, train: bool = False, **kwargs: Any) -> ImageProcessor:
+        return ImageProcessor(cfg, train=train, **kwargs)
 
     @classmethod
     def decode(cls, data: bytes, ext: str, cfg: ImageConfig) -> Image.Image:

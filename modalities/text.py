@@ -44,6 +44,7 @@ class TextConfig:
     mask_ratio: float = 0.25
     mean_span: float = 3.0
     max_span: int = 10
+    embed_init_std: float | None = None  # token-vector init std; None: 0.3 with added sin-cos positions, 0.02 with RoPE
     vocab_fingerprint: str | None = None
 
     def __post_init__(self):
@@ -54,6 +55,8 @@ class TextConfig:
         for name in ("pad_token_id", "mask_token_id"):
             if not 0 <= getattr(self, name) < self.vocab_size:
                 raise ValueError(f"{name} ({getattr(self, name)}) must lie in [0, vocab_size={self.vocab_size})")
+        if self.embed_init_std is not None and not self.embed_init_std > 0:
+            raise ValueError(f"embed_init_std must be > 0, got {self.embed_init_std}")
         if self.mask != "span":
             raise ValueError(f"mask must be 'span', got {self.mask!r}")
         SpanMasking(self.max_length, self.mask_ratio, self.mean_span, self.max_span)  # validates
@@ -63,13 +66,15 @@ class TextConfig:
 class TokenEmbed(nn.Module):
     """(B, L) token ids, L <= ``max_length`` -> (B, L, D) token embeddings + fixed 1-D sin-cos positions."""
 
-    def __init__(self, cfg: TextConfig, dim: int, add_positions: bool = True, init_std: float = 0.02):
+    def __init__(self, cfg: TextConfig, dim: int, add_positions: bool = True):
         super().__init__()
         self.cfg = cfg
         self.dim = dim
         self.num_tokens = cfg.max_length
         self.add_positions = add_positions
-        self.init_std = init_std
+        # added sin-cos positions have an rms of ~0.7 per channel: token vectors of BERT's 0.02 would
+        # be drowned by them and learn very slowly, so they start at a comparable scale then
+        self.init_std = cfg.embed_init_std if cfg.embed_init_std is not None else (0.3 if add_positions else 0.02)
         self.tok = nn.Embedding(cfg.vocab_size, dim)
         self.register_buffer("pos_embed", self.position_table(dim).unsqueeze(0), persistent=True)  # (1, N, D)
         self.register_buffer("coords", self.grid_coords(), persistent=False)  # (N, 1)
@@ -176,6 +181,7 @@ class TextModality(Modality):
     processor_class = TextProcessor
     processor_arg = "text"
     extensions = ("txt", "text")
+    sample_keys = ("attention_mask",)
     # masked-span prediction reads tokens back out of the predicted latents
     default_objectives = {"readout": {"type": "readout", "modality": "text"}}
 

@@ -16,7 +16,7 @@ from torchaudio.functional import resample
 
 from mmjepa import MMJepaConfig, MMJepaModel
 from mmjepa.collate import MaskCollator
-from mmjepa.modalities.audio import (AudioConfig, AudioModality, AudioProcessor, TimeFrequencyBlocks,
+from mmjepa.modalities.audio import (AudioConfig, AudioProcessor, TimeFrequencyBlocks,
                                      ValidMultiBlock, compute_normalization_stats)
 
 SR = 16000

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import itertools
 import warnings
+from pathlib import Path
 from collections import Counter
 
 import numpy as np
@@ -20,7 +21,7 @@ from mmjepa.engine import load_recipe
 from mmjepa.modalities import get_modality, modality_for_extension
 from mmjepa.data import (DataConfig, DataError, DataPipeline, DataStream, SampleProcessor, decode_meta,
                          iterate_epoch, model_inputs)
-from mmjepa.datasets import digits, shared_data_dir
+from mmjepa.datasets import digits, shared_data_dir, spoken_digits
 from mmjepa.shards import write_shards
 
 IMAGE = {"image_size": 32, "patch_size": 4, "num_channels": 1, "image_mean": [0.5], "image_std": [0.5], "min_keep": 2}
@@ -293,7 +294,7 @@ def test_masks_are_seeded_per_batch():
 
 def test_model_inputs_drop_metadata():
     b = next(iterate_epoch(pipeline([{"type": "builtin", "name": "digits"}])))
-    assert set(model_inputs(b)) == {"pixel_values", "masks"}
+    assert "__key__" in b and set(model_inputs(b)) == {"pixel_values", "masks", "present", "label"}
 
 
 # ----------------------------------------------------------------------------- other sources
@@ -346,3 +347,71 @@ def test_input_throughput_is_measured():
 def test_data_config_errors(bad, match):
     with pytest.raises(ValueError, match=match):
         DataConfig(**{"sources": [{"type": "builtin", "name": "digits"}], **bad})
+
+
+def test_samples_may_hold_any_subset_of_the_modalities(tmp_path):
+    """``data.require: []``: image-text, image-only and text-only samples in one stream; the
+    default (every modality required) skips the incomplete ones; a sample with none is bad."""
+    items = digits("all")
+    tok = Path(__file__).resolve().parent.parent / "recipes" / "multimodal" / "digits_tokenizer"
+    samples = []
+    for i in range(12):
+        s = {"__key__": f"k{i:02d}"}
+        if i % 3 != 2:
+            s["png"] = _png(items[i]["image"])
+        if i % 3 != 1:
+            s["txt"] = f"the number {i}".encode()
+        samples.append(s)
+    samples.insert(0, {"__key__": "k99", "json": b"{}"})  # holds nothing the model uses
+    write_shards(samples, tmp_path / "mix", progress=False)
+    cfg = model_config(image=dict(IMAGE), text={"vocab_size": 80, "max_length": 8, "tokenizer": str(tok)})
+    src = [{"type": "shards", "urls": str(tmp_path / "mix")}]
+
+    def pipe(**data) -> DataPipeline:
+        return DataPipeline(DataConfig(sources=src, **{"num_workers": 0, "shuffle": False, **data}), cfg)
+
+    p = pipe(require=[], batch_size=6)
+    stream = DataStream(p)
+    with pytest.warns(UserWarning, match="holds none of the model's modalities"):
+        b, b2 = next(stream), next(stream)
+    assert b["present"]["image"].tolist() == [0, 1, 3, 4] and b["present"]["text"].tolist() == [0, 2, 3, 5]
+    assert b["pixel_values"].shape[0] == 4 and b["input_ids"].shape[0] == 4
+    assert b2["__key__"][-1] == "k11" and stream.skipped == 1
+    out = MMJepaModel(cfg)(**model_inputs(b))
+    assert {"intra/image", "intra/text"} <= set(out.losses)
+    strict = pipe(batch_size=4)  # the default: every modality required
+    with pytest.warns(UserWarning):
+        keys = next(DataStream(strict))["__key__"]
+    assert keys == ["k00", "k03", "k06", "k09"]
+    with pytest.raises(ValueError, match="data.require names"):
+        pipe(require=["audio"]).preflight()
+
+
+def test_augmentation_in_the_pipeline_is_a_function_of_the_batch(tmp_path):
+    """The training pipeline augments (seeded per batch, like the masks): the same epoch twice gives
+    the same pixels; the image processor of evaluation does not augment."""
+    aug = dict(IMAGE, crop_scale=[0.5, 1.0], hflip=True)
+    cfg = model_config(image=aug)
+    src = [{"type": "builtin", "name": "digits"}]
+
+    def first_batches(n: int = 2) -> list[torch.Tensor]:
+        p = DataPipeline(DataConfig(sources=src, batch_size=4, num_workers=0, shuffle=False), cfg)
+        stream = DataStream(p)
+        return [next(stream)["pixel_values"] for _ in range(n)]
+
+    a, b = first_batches(), first_batches()
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    plain = DataPipeline(DataConfig(sources=src, batch_size=4, num_workers=0, shuffle=False), model_config())
+    assert not torch.equal(a[0], next(DataStream(plain))["pixel_values"])
+
+
+def test_the_spoken_digits_low_pair_subsets():
+    if shared_data_dir(required=False) is None:
+        pytest.skip("needs the FSDD recordings ($MMJEPA_DATA_DIR)")
+    every = spoken_digits("train", paired_fraction=0.05)
+    paired = spoken_digits("train", paired_fraction=0.05, keep="paired")
+    unpaired = spoken_digits("train", paired_fraction=0.05, keep="unpaired")
+    assert len(every) == len(paired) + len(unpaired) == 2700 and 100 < len(paired) < 170
+    assert all(all(s[m] is not None for m in ("image", "audio", "text")) for s in paired)
+    assert all(sum(s[m] is not None for m in ("image", "audio", "text")) == 1 for s in unpaired)
+    assert [s["__key__"] for s in paired] == [s["__key__"] for s in every if s["image"] is not None and s["text"] is not None]

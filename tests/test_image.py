@@ -182,3 +182,17 @@ def test_image_paths_are_accepted(tmp_path):
         assert torch.equal(proc(path)["pixel_values"], direct)
     assert torch.equal(proc([str(tmp_path / "a.png"), img])["pixel_values"][1], direct[0])
     assert torch.equal(proc((tmp_path / "a.png").read_bytes())["pixel_values"], direct)
+
+
+def test_training_augmentation_is_seeded_and_absent_at_evaluation():
+    cfg = ImageConfig(image_size=32, patch_size=8, crop_scale=(0.3, 1.0), hflip=True)
+    img = _mode_image("RGB", 60, 80)
+    train, plain = ImageProcessor(cfg, train=True), ImageProcessor(cfg)
+    assert train.augments and not plain.augments
+    a = train(img, generator=torch.Generator().manual_seed(0))["pixel_values"]
+    b = train(img, generator=torch.Generator().manual_seed(0))["pixel_values"]
+    c = train(img, generator=torch.Generator().manual_seed(1))["pixel_values"]
+    assert a.shape == (1, 3, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(plain(img)["pixel_values"], train(img)["pixel_values"])  # no generator: no augmentation
+    with pytest.raises(ValueError, match="crop_scale"):
+        ImageConfig(crop_scale=(0.0, 1.0))

@@ -10,7 +10,7 @@ import torch
 from mmjepa import MMJepaConfig, MMJepaModel
 from mmjepa.collate import MaskCollator
 from mmjepa.masking import SpanMasking
-from mmjepa.modalities.text import TextModality, TextProcessor
+from mmjepa.modalities.text import TextProcessor
 from mmjepa.eval.spans import (_completions, chunk_ids, fill_spans, fill_spans_text, masked_token_accuracy,
                                 mmjepa_predictor, span_masks)
 from mmjepa.modalities.text import vocab_fingerprint

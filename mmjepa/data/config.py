@@ -16,7 +16,8 @@ class SourceConfig:
       a folder / ``manifest.json`` written by ``mmjepa shards`` (sample counts come from it);
     - ``hf``: ``path`` = a dataset on the Hub or a local folder, or ``webdataset`` with ``urls`` as
       its data files; ``name`` = its configuration; streamed;
-    - ``builtin``: ``name`` = a dataset of :func:`mmjepa.datasets.load_builtin` (in memory).
+    - ``builtin``: ``name`` = a dataset of :func:`mmjepa.datasets.load_builtin` (in memory), with
+      its ``options`` (e.g. ``{paired_fraction: 0.05}`` for ``spoken_digits``).
 
     Relative local paths in ``urls`` and ``path`` are resolved against the recipe file's folder.
     """
@@ -29,6 +30,7 @@ class SourceConfig:
     weight: float = 1.0
     num_samples: int | None = None  # samples in the source, when there is no manifest
     resampled: bool = False  # draw shards with replacement (shards / hf) instead of splitting them
+    options: dict[str, Any] = field(default_factory=dict)  # builtin: the dataset's options
 
     def __post_init__(self):
         if self.type not in SOURCE_TYPES:
@@ -54,7 +56,9 @@ class DataConfig:
     """The ``data`` section of a recipe.
 
     ``keys`` maps a modality to ``;``-separated field names that hold it, on top of the file
-    extensions its plug-in decodes (e.g. ``{image: "jpg;png"}``). Bad samples are skipped and
+    extensions its plug-in decodes (e.g. ``{image: "jpg;png"}``). ``require`` lists the modalities
+    every sample must hold (default: all of the model's); with ``require: []`` a sample may hold any
+    non-empty subset of them (image-text pairs beside audio-text pairs and triples). Bad samples are skipped and
     counted (``on_error: skip``) or fatal (``raise``); a run stops with an error naming the first
     cause once more than ``max_error_rate`` of the last ``error_window`` samples read by one data
     worker failed, or all of them did.
@@ -68,6 +72,7 @@ class DataConfig:
     seed: int = 0
     epoch_samples: int | None = None  # samples per epoch (default: the sum over sources)
     keys: dict[str, str] = field(default_factory=dict)  # modality -> extra field names
+    require: list[str] | None = None  # modalities every sample must hold (None: all of the model's)
     on_error: str = "skip"  # "skip" (count and warn) or "raise"
     max_error_rate: float = 0.5
     error_window: int = 200

@@ -117,7 +117,7 @@ class DataPipeline:
     @property
     def processor(self) -> SampleProcessor:
         if self._processor is None:
-            self._processor = SampleProcessor(self.model_config, self.cfg.keys)
+            self._processor = SampleProcessor(self.model_config, self.cfg.keys, self.cfg.require, train=True)
         return self._processor
 
     @property
@@ -148,10 +148,11 @@ class DataPipeline:
         j = start_batch + (role - start_batch) % self.num_roles
         while n is None or j < n:
             samples = []
+            augment = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "augment", epoch, self.rank, j))
             while len(samples) < self.cfg.batch_size:
                 raw = next(stream)
                 try:
-                    samples.append(self.processor(raw))
+                    samples.append(self.processor(raw, augment))
                     window.append(False)
                 except Exception as err:  # noqa: BLE001 - any bad sample is skipped and counted
                     self.errors(err, str(raw.get("__key__", "?")))

@@ -241,7 +241,7 @@ class HFSource:
 
 def build_source(cfg: SourceConfig, handler: Callable[[Exception], bool]):
     if cfg.type == "builtin":
-        return BuiltinSource(load_builtin(cfg.name, cfg.split), cfg.name)
+        return BuiltinSource(load_builtin(cfg.name, cfg.split, **cfg.options), cfg.name)
     if cfg.type == "shards":
         return ShardSource(cfg, handler)
     return HFSource(cfg)

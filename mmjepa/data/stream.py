@@ -80,5 +80,6 @@ def iterate_epoch(pipeline: DataPipeline, epoch: int = 0) -> Iterator[dict[str, 
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-    """The part of a batch the model takes: drop keys, labels and other metadata."""
-    return {k: v for k, v in batch.items() if not k.startswith("__") and k != "label"}
+    """The part of a batch the model takes: drop the sample keys and other ``__`` metadata (labels
+    stay: an objective may use them)."""
+    return {k: v for k, v in batch.items() if not k.startswith("__")}

@@ -94,6 +94,8 @@ class TrainConfig:
     progress: bool = True
     ddp_timeout: int = 1800  # seconds a process waits for the others before failing
     find_unused_parameters: bool = False
+    collapse_floors: dict[str, float] = field(default_factory=dict)  # monitor -> floor, e.g. {rankme: 2.0}
+    stop_on_collapse: bool = False  # stop (with a checkpoint) when a monitor falls under its floor
 
     def __post_init__(self):
         if self.max_steps is None and self.epochs is None:
@@ -114,6 +116,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.tracker in ("none", "", "null"):
             self.tracker = None
+        known = ("embed_std", "rankme", "target_var")
+        for name in self.collapse_floors:
+            if name.split("/")[-1] not in known:
+                raise ValueError(f"collapse_floors: unknown monitor {name!r}; monitors: {known} (or <modality>/<monitor>)")
 
 
 @dataclass

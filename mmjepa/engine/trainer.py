@@ -47,6 +47,10 @@ class TrainingInterrupted(Exception):
     """The user stopped the run (Ctrl-C); the message says where and how to resume."""
 
 
+class CollapseError(RuntimeError):
+    """A collapse monitor fell under its floor with ``train.stop_on_collapse``; the state is saved."""
+
+
 @dataclass
 class TrainResult:
     """What :func:`train` returns."""
@@ -116,6 +120,7 @@ class Trainer:
         self.step = 0
         self.samples_seen = 0
         self.history: list[dict[str, Any]] = []
+        self._monitors: dict[str, torch.Tensor] = {}  # the collapse monitors of the last logged step
 
     # ------------------------------------------------------------------ set-up
     def _setup_accelerator(self) -> Accelerator:
@@ -274,7 +279,8 @@ class Trainer:
         try:
             while self.step < self.total_steps:
                 lr, wd, momentum = self.hyperparams(self.step)
-                grad_norm = self.train_step([next(self.stream) for _ in range(t.grad_accum)], sums)
+                logging = (self.step + 1) % t.log_every == 0 or self.step + 1 == self.total_steps
+                grad_norm = self.train_step([next(self.stream) for _ in range(t.grad_accum)], sums, monitor=logging)
                 steps_this_run += 1
                 self.samples_seen += self.samples_per_step
                 window_steps += 1
@@ -285,9 +291,17 @@ class Trainer:
                 logs = None
                 if self.step % t.log_every == 0 or self.step == self.total_steps:
                     logs = self._log(sums, window_steps, time.perf_counter() - window_t0, lr, wd, momentum, grad_norm)
+                    fallen = self.collapsed(logs)
                     bar.set_postfix({k: logs[k] for k in ("loss", "samples_per_s") if k in logs}
-                                    | {k.split("/")[-1]: f"{v:.3f}" for k, v in logs.items() if k.endswith("pred_std")})
+                                    | {k.split("/")[-1]: f"{v:.3f}" for k, v in logs.items() if k.endswith("pred_std")}
+                                    | ({"COLLAPSE": ",".join(f.split(" ")[0] for f in fallen)} if fallen else {}))
                     sums, window_steps, window_t0 = {}, 0, time.perf_counter()
+                    if fallen:
+                        acc.print(f"mmjepa: warning: collapse at step {self.step}: {'; '.join(fallen)}")
+                        if t.stop_on_collapse:
+                            last_ckpt = self.save_checkpoint()
+                            raise CollapseError(f"collapse at step {self.step}: {'; '.join(fallen)}; "
+                                                f"stopped with the state saved in {last_ckpt}")
                 if t.save_every and self.step % t.save_every == 0 and self.step < self.total_steps:
                     last_ckpt = self.save_checkpoint()
                 if t.export_every and self.step % t.export_every == 0 and self.step < self.total_steps:
@@ -320,9 +334,11 @@ class Trainer:
         return TrainResult(self.unwrapped, self.out, self.step, self.samples_seen, sps, self.history, last_ckpt,
                            export_dir, self.stream.skipped, end - run_t0, resumed)
 
-    def train_step(self, batches: list[dict[str, Any]], sums: dict[str, torch.Tensor] | None = None):
+    def train_step(self, batches: list[dict[str, Any]], sums: dict[str, torch.Tensor] | None = None,
+                   monitor: bool = True):
         """One optimizer step over ``grad_accum`` micro-batches; ``self.step`` += 1. Loss terms and
-        monitors are added into ``sums``. Returns the gradient norm (when clipping) or None."""
+        metrics are added into ``sums``; the collapse monitors (computed when ``monitor``) are kept
+        as they are, the last step's. Returns the gradient norm (when clipping) or None."""
         acc, o = self.accelerator, self.recipe.optim
         lr, wd, momentum = self.hyperparams(self.step)
         n = len(batches)
@@ -330,11 +346,14 @@ class Trainer:
         for micro, batch in enumerate(batches):
             ctx = acc.no_sync(self.model) if micro < n - 1 else contextlib.nullcontext()
             with ctx:
-                out = self.model(**model_inputs(batch))
+                out = self.model(**model_inputs(batch), monitor=monitor and micro == n - 1)
                 acc.backward(out.loss / n)
             if sums is not None:
                 for k, v in {"loss": out.loss, **{f"loss/{m}": l for m, l in out.losses.items()},
                              **out.metrics}.items():
+                    if k.startswith("monitor/"):
+                        self._monitors[k] = v.detach().float()
+                        continue
                     v = v.detach().float() / n
                     sums[k] = sums[k] + v if k in sums else v
         # 2. clip, schedule, step
@@ -349,10 +368,26 @@ class Trainer:
         self.step += 1
         return grad_norm
 
+    def collapsed(self, logs: dict[str, Any]) -> list[str]:
+        """The monitors of ``logs`` under their ``train.collapse_floors`` (a floor named by monitor
+        applies to every modality; ``<modality>/<monitor>`` to one)."""
+        floors = self.recipe.train.collapse_floors
+        out = []
+        for key, value in logs.items():
+            if not key.startswith("monitor/"):
+                continue
+            name = key[len("monitor/"):]  # <modality>/<monitor>
+            floor = floors.get(name, floors.get(name.split("/")[-1]))
+            if floor is not None and value < floor:
+                out.append(f"{name} {value:.4g} < {floor:g}")
+        return out
+
     def _log(self, sums, n_steps, dt, lr, wd, momentum, grad_norm) -> dict[str, Any]:
         acc = self.accelerator
-        keys = sorted(sums)
-        vals = torch.stack([sums[k] for k in keys]) / max(n_steps, 1)
+        averaged, monitors = sorted(sums), sorted(self._monitors)  # window means; the last monitors
+        keys = averaged + monitors
+        vals = torch.stack([sums[k] / max(n_steps, 1) for k in averaged] + [self._monitors[k] for k in monitors])
+        self._monitors = {}
         vals = acc.reduce(vals.to(acc.device), reduction="mean")  # the same steps on every rank
         n = self.pipeline.batches_per_epoch
         epoch = self.stream.epoch + (self.stream.batch / n if n else 0.0)  # fractional epochs done

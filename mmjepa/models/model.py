@@ -16,19 +16,60 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from ..layers import Transformer, gather_tokens
+from ..layers import Transformer, gather_tokens, masked_mean
 from ..modalities import get_modality
-from ..objectives import build_objectives
+from ..objectives import PooledPrediction, build_objectives
 from .config import MMJepaConfig
 from .ema import ema_update, momentum_at
 from .encoder import Encoder
+from .monitors import collapse_monitors
 from .predictor import Predictor
+
+
+class EmbeddingCenters(nn.Module):
+    """The running mean of each modality's pooled target embedding, subtracted before L2
+    normalisation (a BatchNorm-style centre without a scale, as DINO centres its teacher).
+
+    Mean-pooled latents share a large sample-independent component (the positions, the final
+    norm's offset), which dominates cosine similarities: across modalities every pair then looks
+    alike. Centred, the embeddings of one modality spread over the sphere and those of different
+    modalities can be compared. Updated on every training batch (momentum ``momentum``; the first
+    batch sets it), saved with the model.
+    """
+
+    def __init__(self, names: list[str], dim: int, momentum: float = 0.9):
+        super().__init__()
+        self.momentum = momentum
+        for name in names:
+            self.register_buffer(f"center_{name}", torch.zeros(dim))
+            self.register_buffer(f"count_{name}", torch.zeros((), dtype=torch.long))
+
+    def get(self, name: str) -> torch.Tensor:
+        return getattr(self, f"center_{name}")
+
+    @torch.no_grad()
+    def update(self, name: str, pooled: torch.Tensor | None) -> None:
+        """Fold a batch of pooled embeddings (B, D) — or None when this process's batch lacks the
+        modality — into the running centre: the batch mean over every process, as SyncBatchNorm's
+        (so every process calls this for every modality, on every training step)."""
+        center, count = self.get(name), getattr(self, f"count_{name}")
+        total = torch.zeros(center.shape[0] + 1, device=center.device)
+        if pooled is not None and len(pooled):
+            total[:-1], total[-1] = pooled.detach().float().sum(0), float(pooled.shape[0])
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(total)
+        if total[-1] == 0:  # no process held the modality
+            return
+        mean = (total[:-1] / total[-1]).to(center.dtype)
+        center.copy_(mean if int(count) == 0 else self.momentum * center + (1 - self.momentum) * mean)
+        count.add_(1)
 
 
 @dataclass
@@ -65,6 +106,8 @@ class MMJepaPreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.mask_token, std=std)
             if module.modality_embed is not None:
                 init.trunc_normal_(module.modality_embed, std=std)
+        if hasattr(module, "init_parameters"):  # modules with parameters of their own kind (objectives)
+            module.init_parameters(std)
         if hasattr(module, "reset_buffers"):
             module.reset_buffers()
 
@@ -112,6 +155,7 @@ class MMJepaModel(MMJepaPreTrainedModel):
                                    {m: enc.embed for m, enc in self.encoders.items()}, c.mlp_ratio,
                                    c.qkv_bias, c.layer_norm_eps, rope=c.position_embedding == "rope")
         self.objectives = build_objectives(config)
+        self.centers = EmbeddingCenters(self.modality_names, config.hidden_size)
         self.post_init()
 
     def _encoder(self, name: str) -> Encoder:
@@ -143,14 +187,18 @@ class MMJepaModel(MMJepaPreTrainedModel):
         ema_update(self.target_encoders, self.encoders, momentum)
 
     # ------------------------------------------------------------------ training forward
-    def forward(self, masks: dict[str, dict[str, torch.Tensor]] | None = None, return_dict: bool = True,
+    def forward(self, masks: dict[str, dict[str, torch.Tensor]] | None = None,
+                present: dict[str, torch.Tensor] | None = None, monitor: bool = True, return_dict: bool = True,
                 **batch: Any) -> MMJepaOutput:
-        """The weighted sum of the objectives on a collated batch (model inputs + ``masks`` from
-        :class:`mmjepa.collate.MaskCollator`)."""
+        """The weighted sum of the objectives on a collated batch (model inputs, ``masks`` and
+        ``present`` from :class:`mmjepa.collate.MaskCollator`); ``monitor``: also compute the
+        collapse monitors (the trainer asks on the steps it logs). A batch to which no objective
+        applies (a contrastive model's batch without a pair) gives a zero loss and the metric
+        ``skipped_batch`` = 1."""
         if masks is None:
             raise ValueError("the training forward needs `masks` from mmjepa's mask collator; "
                              "use model.embed(...) for embeddings")
-        view = JepaView(self, batch, masks)
+        view = JepaView(self, batch, masks, present)
         loss, losses, metrics = 0.0, {}, {}
         for objective in self.objectives.values():
             out = objective(view)
@@ -159,9 +207,14 @@ class MMJepaModel(MMJepaPreTrainedModel):
             loss = loss + objective.weight * out.loss
             losses.update(out.terms)
             metrics.update(out.metrics)
-        if not losses:
-            raise ValueError(f"no objective applies to this batch (objectives: {list(self.objectives)}, "
-                             f"masked modalities: {list(masks)})")
+        if not losses:  # keeps the parameters in the graph (DDP), with no gradient
+            loss = sum(p.reshape(-1)[0] for p in self.parameters() if p.requires_grad) * 0.0
+            metrics["skipped_batch"] = torch.ones(())
+        if monitor:
+            metrics.update(collapse_monitors(view))
+        if self.training:
+            for m in self.modality_names:
+                self.centers.update(m, view.pooled_target(m) if m in view.masks else None)
         return MMJepaOutput(loss=loss, losses=losses, metrics=metrics)
 
     # ------------------------------------------------------------------ inference
@@ -173,61 +226,154 @@ class MMJepaModel(MMJepaPreTrainedModel):
                 for name, x in self.model_inputs(batch).items()}
 
     @torch.no_grad()
-    def embed(self, use_target: bool = True, normalize: bool = True, **batch: Any) -> dict[str, torch.Tensor]:
-        """Pooled embeddings {name: (B, D)} (each plug-in's pooling: the mean over real tokens),
-        L2-normalised by default."""
+    def embed(self, use_target: bool = True, normalize: bool = True, center: bool = True,
+              **batch: Any) -> dict[str, torch.Tensor]:
+        """Embeddings {name: (B, D)} in the shared space: each plug-in's pooling (the mean over real
+        tokens), minus the modality's running centre (``center``, see :class:`EmbeddingCenters`),
+        L2-normalised (``normalize``)."""
         out = {}
         for name, h in self.encode(use_target=use_target, **batch).items():
             mod = get_modality(name)
             pooled = mod.pool(h, mod.valid_tokens(batch), self.config.modality_config(name))  # (B, D)
+            if center:
+                pooled = pooled - self.centers.get(name)
             out[name] = F.normalize(pooled, dim=-1) if normalize else pooled
         return out
+
+    @torch.no_grad()
+    def predict_embedding(self, target: str, normalize: bool = True, **batch: Any) -> torch.Tensor:
+        """The pooled embedding of modality ``target`` predicted from the other modalities in
+        ``batch`` (every token of each, through the context encoders and the ``pooled``
+        objective's query) -> (B, D), L2-normalised by default: retrieval by prediction, to compare
+        with ``embed(...)[target]`` of a gallery."""
+        query = next((o.query for o in self.objectives.values() if isinstance(o, PooledPrediction)), None)
+        if query is None:
+            raise ValueError("this model has no pooled objective: it cannot predict embeddings (train it with "
+                             "objectives.pooled)")
+        if target not in self.modality_names:
+            raise ValueError(f"this model has no {target!r} modality (it has {self.modality_names})")
+        contexts = []
+        for name, x in self.model_inputs(batch).items():
+            if name == target:
+                continue
+            valid = get_modality(name).valid_tokens(batch)
+            z = self.encoders[name](x, None, valid)  # (B, N, D)
+            idx = torch.arange(z.shape[1], device=z.device).expand(z.shape[0], -1)
+            contexts.append((name, z, idx, valid))
+        if not contexts:
+            raise ValueError(f"predicting {target} embeddings needs inputs of another modality")
+        pred = self.predictor.predict_pooled(contexts, target, query)  # (B, D)
+        return F.normalize(pred, dim=-1) if normalize else pred
 
 
 class JepaView:
     """One batch as the objectives see it (``mmjepa.objectives.LatentView``): context latents,
-    targets and predictions of each masked modality, computed on first request and cached."""
+    targets and predictions of each masked modality, computed on first request and cached.
 
-    def __init__(self, model: MMJepaModel, batch: dict[str, Any], masks: dict[str, dict[str, torch.Tensor]]):
+    A modality's tensors hold only the samples that have it (``present[m]``: their positions in the
+    batch); :meth:`aligned_context` lines a modality's context up with any list of samples.
+    """
+
+    def __init__(self, model: MMJepaModel, batch: dict[str, Any], masks: dict[str, dict[str, torch.Tensor]],
+                 present: dict[str, torch.Tensor] | None = None):
         self.model, self.config, self.batch, self.masks = model, model.config, batch, masks
+        self.predictor = model.predictor
         self.inputs = model.model_inputs(batch)
         missing = sorted(set(masks) - set(self.inputs))
         if missing:
             raise ValueError(f"masks given for modalities without inputs: {missing}")
+        dev = next(iter(self.inputs.values())).device
+        self.present = {m: (present[m].to(dev) if present is not None and m in present
+                            else torch.arange(x.shape[0], device=dev)) for m, x in self.inputs.items()}
+        self.batch_size = max(int(p.max()) + 1 for p in self.present.values() if len(p))
         self._context: dict[str, tuple] = {}
+        self._target_raw: dict[str, torch.Tensor] = {}
+        self._encoded: dict[str, torch.Tensor] = {}
         self._targets: dict[str, tuple] = {}
         self._predictions: dict[str, torch.Tensor] = {}
 
     def valid(self, modality: str) -> torch.Tensor | None:
         return get_modality(modality).valid_tokens(self.batch)
 
+    def rows(self, modality: str, samples: torch.Tensor) -> torch.Tensor:
+        """Positions of ``samples`` (batch indices) in ``modality``'s tensors; -1 where absent."""
+        inv = torch.full((self.batch_size,), -1, dtype=torch.long, device=samples.device)
+        p = self.present[modality]
+        inv[p] = torch.arange(len(p), device=samples.device)
+        return inv[samples]
+
     def context(self, modality: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         if modality not in self._context:
             ms = self.masks[modality]
             z = self.model.encoders[modality](self.inputs[modality], ms["context"], ms.get("context_valid"))
-            self._context[modality] = (z, ms["context"], ms.get("context_valid"))  # (B, Kc, D)
+            self._context[modality] = (z, ms["context"], ms.get("context_valid"))  # (Bm, Kc, D)
         return self._context[modality]
+
+    def aligned_context(self, modality: str, samples: torch.Tensor,
+                        full: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``modality``'s context latents for ``samples`` (R,) batch indices: z (R, Kc, D), idx
+        (R, Kc), valid (R, Kc) — all-False on the rows of samples that lack the modality. ``full``:
+        the unmasked view (:meth:`encoded`, every token) instead of the masked context."""
+        if full:
+            z, valid = self.encoded(modality), self.valid(modality)
+            idx = torch.arange(z.shape[1], device=z.device).expand(z.shape[0], -1)
+        else:
+            z, idx, valid = self.context(modality)
+        p = self.present[modality]
+        if len(p) == len(samples) and torch.equal(p, samples):
+            return z, idx, valid
+        rows = self.rows(modality, samples)
+        have = rows >= 0
+        r = rows.clamp_min(0)
+        v = have[:, None].expand(-1, idx.shape[1]) if valid is None else valid[r] & have[:, None]
+        return z[r], idx[r], v
+
+    def encoded(self, modality: str) -> torch.Tensor:
+        """The context encoder on every token (Bm, N, D) (with gradients): the unmasked view."""
+        if modality not in self._encoded:
+            self._encoded[modality] = self.model.encoders[modality](self.inputs[modality], None, self.valid(modality))
+        return self._encoded[modality]
+
+    def center(self, modality: str) -> torch.Tensor:
+        """The running centre of ``modality``'s pooled embeddings (D,) (see :class:`EmbeddingCenters`)."""
+        return self.model.centers.get(modality)
+
+    def pooled_target(self, modality: str) -> torch.Tensor:
+        """The mean of the EMA target latents over real tokens (Bm, D), as ``embed`` pools them."""
+        return masked_mean(self.target_latents(modality), self.valid(modality))
+
+    def target_latents(self, modality: str) -> torch.Tensor:
+        """The EMA target encoder's latents of every token (Bm, N, D), no gradient, not normalised."""
+        if modality not in self._target_raw:
+            with torch.no_grad():
+                self._target_raw[modality] = self.model.target_encoders[modality](
+                    self.inputs[modality], None, self.valid(modality))
+        return self._target_raw[modality]
 
     def targets(self, modality: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         if modality not in self._targets:
-            tidx = self.masks[modality]["target"]  # (B, M, Kt)
+            tidx = self.masks[modality]["target"]  # (Bm, M, Kt)
             B, M, Kt = tidx.shape
             D = self.config.hidden_size
             with torch.no_grad():
-                h = self.model.target_encoders[modality](self.inputs[modality], None, self.valid(modality))  # (B, N, D)
-                h = gather_tokens(h, tidx.reshape(B, M * Kt))  # (B, M*Kt, D)
+                h = gather_tokens(self.target_latents(modality), tidx.reshape(B, M * Kt))  # (B, M*Kt, D)
                 h = F.layer_norm(h, (D,)).reshape(B * M, Kt, D)
             tv = self.masks[modality].get("target_valid")
             self._targets[modality] = (h, None if tv is None else tv.reshape(B * M, Kt))
         return self._targets[modality]
 
-    def predictions(self, modality: str) -> torch.Tensor:
-        if modality not in self._predictions:
-            contexts = [(m, *self.context(m)) for m in self.masks]
+    def predictions(self, modality: str, all_context: bool = False) -> torch.Tensor:
+        """Intra-modal predictions: the target blocks of ``modality`` from its own context (or, with
+        ``all_context``, from the context of every modality each sample holds)."""
+        key = (modality, all_context)
+        if key not in self._predictions:
+            samples = self.present[modality]
+            mods = list(self.masks) if all_context else [modality]
+            contexts = [(m, *self.aligned_context(m, samples)) for m in mods]
             ms = self.masks[modality]
-            self._predictions[modality] = self.model.predictor(contexts, modality, ms["target"],
-                                                               ms.get("target_valid"))  # (B*M, Kt, D)
-        return self._predictions[modality]
+            self._predictions[key] = self.model.predictor(contexts, modality, ms["target"],
+                                                          ms.get("target_valid"))  # (Bm*M, Kt, D)
+        return self._predictions[key]
 
 
 def compile_model(model: MMJepaModel, **compile_kwargs: Any) -> MMJepaModel:

@@ -67,6 +67,47 @@ class Predictor(nn.Module):
             return 0.0
         return self.modality_embed[self.modalities.index(name)]
 
+    def embed_context(self, context: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor | None]]):
+        """Context latents of any modalities -> predictor tokens (B, Nc, Dp) with their positions and
+        modality embeddings, validity (B, Nc) or None, and RoPE coordinates (B, Nc, ndim) or None."""
+        ctx, ctx_coords = [], []
+        ndim = self.rope.ndim if self.rope is not None else 0
+        for name, z, idx, valid in context:
+            ctx.append(self.predictor_embed(z) + self._position(name, idx) + self._mod(name))  # (B, Kc, Dp)
+            if self.rope is not None:
+                ctx_coords.append(self._coords(name, idx, ndim))
+        x = torch.cat(ctx, 1) if len(ctx) > 1 else ctx[0]  # (B, Nc, Dp)
+        valid = None
+        if any(v is not None for _, _, _, v in context):
+            valid = torch.cat([v if v is not None else torch.ones(z.shape[:2], dtype=torch.bool, device=x.device)
+                               for _, z, _, v in context], 1)
+        coords = torch.cat(ctx_coords, 1) if self.rope is not None else None
+        return x, valid, coords
+
+    def run(self, x: torch.Tensor, valid: torch.Tensor | None, coords: torch.Tensor | None, q: torch.Tensor,
+            q_valid: torch.Tensor | None, q_coords: torch.Tensor | None) -> torch.Tensor:
+        """Context tokens x (B, Nc, Dp) + query tokens q (B, M, Kq, Dp) -> predictions (B*M, Kq, De).
+
+        Each group m of sample b is its own sequence [context_b, queries_bm]; ``q_valid`` (B*M, Kq)
+        and ``q_coords`` (B*M, Kq, ndim) as the context's."""
+        B, M, Kq = q.shape[:3]
+        Nc = x.shape[1]
+        # written with one copy (the context broadcast over the M groups) instead of repeat_interleave + cat
+        x = torch.cat([x.unsqueeze(1).expand(B, M, Nc, x.shape[-1]), q], 2)
+        x = x.reshape(B * M, Nc + Kq, -1)  # (B*M, Nc+Kq, Dp), sample-major
+        attn_mask = None
+        if q_valid is not None or valid is not None:
+            cv = valid if valid is not None else torch.ones(B, Nc, dtype=torch.bool, device=x.device)
+            cv = cv.repeat_interleave(M, 0) if M > 1 else cv
+            tv = q_valid if q_valid is not None else torch.ones(B * M, Kq, dtype=torch.bool, device=x.device)
+            attn_mask = key_padding_to_attn_mask(torch.cat([cv, tv], 1))
+        rope = None
+        if self.rope is not None:
+            cc = coords.repeat_interleave(M, 0) if M > 1 else coords
+            rope = self.rope(torch.cat([cc, q_coords], 1))
+        x = self.transformer(x, attn_mask, rope)
+        return self.predictor_proj(x[:, Nc:])  # (B*M, Kq, De)
+
     def forward(
         self,
         context: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor | None]],
@@ -79,35 +120,22 @@ class Predictor(nn.Module):
         Returns predictions (B*M, Kt, De), sample-major (row b*M + m is sample b, group m).
         """
         B, M, Kt = target_idx.shape
-        ctx, ctx_valid, ctx_coords = [], [], []
-        ndim = self.rope.ndim if self.rope is not None else 0
-        for name, z, idx, valid in context:
-            ctx.append(self.predictor_embed(z) + self._position(name, idx) + self._mod(name))  # (B, Kc, Dp)
-            ctx_valid.append(valid if valid is not None else None)
-            if self.rope is not None:
-                ctx_coords.append(self._coords(name, idx, ndim))
-        x = torch.cat(ctx, 1) if len(ctx) > 1 else ctx[0]  # (B, Nc, Dp)
-        Nc = x.shape[1]
+        x, valid, coords = self.embed_context(context)
         flat_idx = target_idx.reshape(B * M, Kt)
         q = self.mask_token + self._position(target_name, flat_idx) + self._mod(target_name)  # (B*M, Kt, Dp)
         q = q.expand(B * M, Kt, -1) if q.dim() < 3 or q.shape[0] == 1 else q
-        # each group m of sample b is its own sequence [context_b, queries_bm]: written with one copy
-        # (the context broadcast over the M groups) instead of repeat_interleave + cat
-        x = torch.cat([x.unsqueeze(1).expand(B, M, Nc, x.shape[-1]), q.reshape(B, M, Kt, -1)], 2)
-        x = x.reshape(B * M, Nc + Kt, -1)  # (B*M, Nc+Kt, Dp), sample-major
+        q_coords = self._coords(target_name, flat_idx, self.rope.ndim) if self.rope is not None else None
+        tv = target_valid.reshape(B * M, Kt) if target_valid is not None else None
+        return self.run(x, valid, coords, q.reshape(B, M, Kt, -1), tv, q_coords)
 
-        attn_mask = None
-        if target_valid is not None or any(v is not None for v in ctx_valid):
-            parts = [v if v is not None else torch.ones(z.shape[:2], dtype=torch.bool, device=x.device)
-                     for v, (_, z, _, _) in zip(ctx_valid, context)]
-            cv = torch.cat(parts, 1).repeat_interleave(M, 0) if M > 1 else torch.cat(parts, 1)
-            tv = (target_valid.reshape(B * M, Kt) if target_valid is not None
-                  else torch.ones(B * M, Kt, dtype=torch.bool, device=x.device))
-            attn_mask = key_padding_to_attn_mask(torch.cat([cv, tv], 1))
-        rope = None
+    def predict_pooled(self, context: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor | None]],
+                       target_name: str, token: torch.Tensor) -> torch.Tensor:
+        """One query per sample — ``token`` (1, 1, Dp) + the target modality's embedding, no position
+        — whose output predicts the target modality's pooled latent -> (B, De)."""
+        x, valid, coords = self.embed_context(context)
+        B = x.shape[0]
+        q = (token + self._mod(target_name)).expand(B, 1, 1, -1)  # (B, 1, 1, Dp)
+        q_coords = None
         if self.rope is not None:
-            cc = torch.cat(ctx_coords, 1)
-            cc = cc.repeat_interleave(M, 0) if M > 1 else cc
-            rope = self.rope(torch.cat([cc, self._coords(target_name, flat_idx, ndim)], 1))
-        x = self.transformer(x, attn_mask, rope)
-        return self.predictor_proj(x[:, Nc:])  # (B*M, Kt, De)
+            q_coords = torch.zeros(B, 1, self.rope.ndim, dtype=torch.long, device=x.device)
+        return self.run(x, valid, coords, q, None, q_coords)[:, 0]  # (B, De)

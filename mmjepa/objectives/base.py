@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
+from ..layers import masked_mean
 from ..options import options_from_dict
 
 _REGISTRY: dict[str, type["Objective"]] = {}
@@ -61,22 +62,46 @@ class LatentView(Protocol):
     """
 
     config: Any  # the MMJepaConfig
-    inputs: dict[str, torch.Tensor]  # modality -> model input (B, ...)
+    predictor: Any  # the model's predictor (mmjepa.models.predictor.Predictor)
+    inputs: dict[str, torch.Tensor]  # modality -> model input (Bm, ...): the Bm samples that hold it
     masks: dict[str, dict[str, torch.Tensor]]  # modality -> mask set (context, target, validity)
+    present: dict[str, torch.Tensor]  # modality -> (Bm,) positions of its samples in the batch
+    batch_size: int  # B, the samples of the batch
     batch: dict[str, Any]  # the whole batch (validity masks, labels ...)
 
     def valid(self, modality: str) -> torch.Tensor | None:
-        """(B, N) bool real-token mask of a modality's full input, or None."""
+        """(Bm, N) bool real-token mask of a modality's full input, or None."""
+
+    def rows(self, modality: str, samples: torch.Tensor) -> torch.Tensor:
+        """Positions of ``samples`` (batch indices) in ``modality``'s tensors; -1 where absent."""
 
     def context(self, modality: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Context-encoder latents of the visible tokens: z (B, Kc, D), idx (B, Kc), valid (B, Kc) or None."""
+        """Context-encoder latents of the visible tokens: z (Bm, Kc, D), idx (Bm, Kc), valid (Bm, Kc) or None."""
+
+    def aligned_context(self, modality: str, samples: torch.Tensor,
+                        full: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`context` (``full``: :meth:`encoded`) for ``samples`` (R,) batch indices (all-invalid
+        rows where absent)."""
+
+    def encoded(self, modality: str) -> torch.Tensor:
+        """The context encoder on every token (Bm, N, D), with gradients: the unmasked view."""
+
+    def target_latents(self, modality: str) -> torch.Tensor:
+        """EMA-target latents of every token (Bm, N, D), not normalised; no gradient."""
+
+    def pooled_target(self, modality: str) -> torch.Tensor:
+        """Their mean over real tokens (Bm, D), as ``model.embed`` pools them; no gradient."""
+
+    def center(self, modality: str) -> torch.Tensor:
+        """The running centre (D,) that ``model.embed`` subtracts from the pooled embedding."""
 
     def targets(self, modality: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Layer-normed EMA-target latents at the target indices, (B*M, Kt, D) sample-major, and their
-        validity (B*M, Kt) or None; no gradient."""
+        """Layer-normed EMA-target latents at the target indices, (Bm*M, Kt, D) sample-major, and their
+        validity (Bm*M, Kt) or None; no gradient."""
 
-    def predictions(self, modality: str) -> torch.Tensor:
-        """The predictor's latents for the target indices, (B*M, Kt, D), from every modality's context."""
+    def predictions(self, modality: str, all_context: bool = False) -> torch.Tensor:
+        """The predictor's latents for the target indices, (Bm*M, Kt, D), from the modality's own
+        context (``all_context``: from the context of every modality each sample holds)."""
 
 
 class Objective(nn.Module):
@@ -103,6 +128,25 @@ class Objective(nn.Module):
     def forward(self, view: LatentView) -> ObjectiveOutput | None:  # pragma: no cover - interface
         """The loss on one batch, or None when the batch holds nothing this objective uses."""
         raise NotImplementedError
+
+
+VIEWS = ("full", "masked")
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """ValueError naming the option when ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def pooled_context(view: LatentView, modality: str, full: bool = True) -> torch.Tensor:
+    """A modality's embedding as the context encoder sees it (Bm, D), with gradients: the mean of
+    its latents over every real token (``full``, the unmasked view) or over the visible tokens of
+    its intra-modal mask."""
+    if full:
+        return masked_mean(view.encoded(modality), view.valid(modality))
+    z, _, valid = view.context(modality)
+    return masked_mean(z, valid)
 
 
 def register_objective(cls: type[Objective]) -> type[Objective]:

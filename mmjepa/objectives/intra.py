@@ -1,5 +1,6 @@
 """Intra-modal latent prediction (I-JEPA's objective): predict the layer-normed EMA-target latents
-of each modality's masked tokens, from the context of every modality in the batch."""
+of each modality's masked tokens from its visible tokens (optionally also from the context of the
+sample's other modalities)."""
 
 from __future__ import annotations
 
@@ -38,14 +39,18 @@ def collapse_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torc
 
 @dataclass
 class IntraConfig(ObjectiveConfig):
-    """``loss``: ``smooth_l1`` (I-JEPA), ``l1`` (V-JEPA) or ``l2``."""
+    """``loss``: ``smooth_l1`` (I-JEPA), ``l1`` (V-JEPA) or ``l2``; ``context``: the predictor sees
+    the modality's own context (``own``) or the context of every modality the sample holds (``all``)."""
 
     loss: str = "smooth_l1"
+    context: str = "own"
 
     def __post_init__(self):
         super().__post_init__()
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
+        if self.context not in ("own", "all"):
+            raise ValueError(f"context must be 'own' or 'all', got {self.context!r}")
 
 
 @register_objective
@@ -59,7 +64,7 @@ class IntraModalPrediction(Objective):
     def forward(self, view: LatentView) -> ObjectiveOutput | None:
         terms, metrics = {}, {}
         for m in view.masks:
-            pred = view.predictions(m)  # (B*M, Kt, D)
+            pred = view.predictions(m, self.cfg.context == "all")  # (B*M, Kt, D)
             target, valid = view.targets(m)  # (B*M, Kt, D), (B*M, Kt) or None
             terms[f"intra/{m}"] = latent_loss(pred, target, self.cfg.loss, valid)
             metrics.update({f"{m}/{k}": v for k, v in collapse_metrics(pred, target).items()})

@@ -73,7 +73,7 @@ class TokenReadout(Objective):
         m = self.modality
         if m not in view.masks:
             return None
-        pred = view.predictions(m)  # (B*M, Kt, D), sample-major
+        pred = view.predictions(m)  # (B*M, Kt, D), sample-major (from the modality's own context)
         tidx = view.masks[m]["target"]  # (B, M, Kt)
         B, M, Kt = tidx.shape
         labels = torch.gather(view.inputs[m], 1, tidx.reshape(B, M * Kt)).reshape(B * M * Kt)

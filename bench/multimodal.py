@@ -1,0 +1,263 @@
+"""Tri-modal quality benchmarks: the shared space against contrastive training on real data.
+
+``mmjepa bench quality spoken_digits --json PATH``
+    Spoken, handwritten and written digits (``mmjepa.datasets.spoken_digits``: FSDD clips, scikit-
+    learn digit images and the digits' words, paired at class level). Every model trains through
+    the trainer on ``recipes/multimodal/spoken_digits_cpu.yaml`` for the same wall-clock budget
+    (``--budget`` seconds each; a short calibration run measures each model's seconds per step):
+    ours (the recipe's objectives), the same architecture with the contrastive term only, and with
+    supervised classification (an upper bound); then the low-pair regime, where 5% of the training
+    samples hold all three modalities and each of the others one, for ours and contrastive-only.
+    Evaluation on the test takes of FSDD (0-4), the held-out 20% of the digit images and every
+    caption: class-match recall@1 across modalities (a query is a hit when its best-scored item is
+    of its class) by embedding similarity, and by predicting the target's embedding when the model
+    can; linear probes on frozen per-modality features; random-init encoders and raw features
+    (pixels, log-mel) as references.
+
+``mmjepa bench quality tuxpaint --json PATH``
+    Tux Paint's 785 clip-art stamps with their captions and, for 131, their sounds
+    (``recipes/multimodal/tuxpaint_cpu.yaml``; a fixed 80/20 split). Ours and contrastive-only, the
+    same wall-clock budget each; instance-level recall@1/5/10 image<->caption on the 157 test
+    stamps and sound<->caption on the 27 with a sound, against chance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmjepa.datasets import DIGIT_TEMPLATES, DIGIT_WORDS, digits, fsdd, tuxpaint
+from mmjepa.engine import load_recipe, train
+from mmjepa.eval.probe import linear_probe
+from mmjepa.eval.retrieval import class_positives, recall_at_k
+from mmjepa.modalities import get_modality
+from mmjepa.models import MMJepaModel
+from mmjepa.objectives import PooledPrediction
+from mmjepa.recipes import recipe_path
+
+MODALITIES = ("image", "audio", "text")
+PAIRS = [("audio", "image"), ("image", "audio"), ("audio", "text"), ("text", "audio"), ("image", "text"),
+         ("text", "image")]
+
+# baselines: recipe overrides on top of the benchmark's recipe (the target encoders follow the
+# online ones at once, momentum 0, since these objectives have no use for a slow target)
+CONTRASTIVE = ["model.objectives={contrastive: {weight: 1.0, temperature: 0.1}}", "model.ema_momentum_start=0.0",
+               "model.ema_momentum_end=0.0"]
+SUPERVISED = ["model.objectives={supervised: {num_classes: 10}}", "model.ema_momentum_start=0.0",
+              "model.ema_momentum_end=0.0"]
+# the low-pair regime: 5% of the training samples hold all three modalities, each of the others one.
+# Ours reads both (the pairs drawn once in four); contrastive training can use the pairs only.
+_SOURCE = "{{type: builtin, name: spoken_digits, split: train, weight: {w}, options: {{paired_fraction: 0.05, keep: {k}}}}}"
+LOW_PAIR = [f"data.sources=[{_SOURCE.format(w=1, k='paired')}, {_SOURCE.format(w=3, k='unpaired')}]"]
+LOW_PAIR_PAIRS_ONLY = [f"data.sources=[{_SOURCE.format(w=1, k='paired')}]"]
+# alignment without negatives (option a: the pooled prediction; b: plus SIGReg on pooled embeddings)
+ABLATION = {
+    "ours_no_contrastive": ["model.objectives={intra: {}, cross: {hide: all}, pooled: {}, sigreg: {weight: 0.05, over: tokens}}"],
+    "ours_no_contrastive_sigreg_pooled": ["model.objectives={intra: {}, cross: {hide: all}, pooled: {}, "
+                                          "sigreg: {weight: 0.05, over: tokens}, sigreg_pooled: {type: sigreg, weight: 0.05, over: samples}}"],
+}
+
+
+# ----------------------------------------------------------------------------- evaluation data
+class EvalSets:
+    """The test sets (and the probes' training sets), processed once for every model."""
+
+    def __init__(self, config: Any):
+        self.config = config
+        train_img, test_img = digits("train", test_fraction=0.2), digits("test", test_fraction=0.2)
+        train_audio, test_audio = fsdd("train"), fsdd("test")
+        texts = [(t.format(w), y) for y, w in enumerate(DIGIT_WORDS) for t in DIGIT_TEMPLATES]
+        self.raw = {"image": ([s["image"] for s in train_img], [s["image"] for s in test_img]),
+                    "audio": ([s["audio"] for s in train_audio], [s["audio"] for s in test_audio]),
+                    "text": (None, [t for t, _ in texts])}
+        self.labels = {"image": (np.array([s["label"] for s in train_img]), np.array([s["label"] for s in test_img])),
+                       "audio": (np.array([s["label"] for s in train_audio]), np.array([s["label"] for s in test_audio])),
+                       "text": (None, np.array([y for _, y in texts]))}
+        self.inputs = {}  # modality -> (train inputs, test inputs), processed by the model's processors
+        for m in MODALITIES:
+            proc = get_modality(m).build_processor(config.modality_config(m))
+            self.inputs[m] = tuple(None if vals is None else proc(vals) for vals in self.raw[m])
+
+    def raw_features(self, modality: str, split: int) -> np.ndarray:
+        """Pixels, or the time-mean of each mel bin over real frames: the raw-feature probes' view."""
+        x = self.inputs[modality][split]
+        if modality == "image":
+            return x["pixel_values"].flatten(1).numpy()
+        cfg = self.config.modality_config("audio")
+        frames = x["input_features_valid"].reshape(-1, *cfg.grid).any(1).repeat_interleave(cfg.patch[1], 1).float()
+        return ((x["input_features"] * frames[:, None]).sum(-1) / frames.sum(-1, keepdim=True)).numpy()
+
+
+def _batches(inputs: dict[str, torch.Tensor], size: int = 256):
+    n = next(iter(inputs.values())).shape[0]
+    for i in range(0, n, size):
+        yield {k: v[i : i + size] for k, v in inputs.items()}
+
+
+@torch.no_grad()
+def encode_sets(model: MMJepaModel, sets: EvalSets, use_target: bool) -> dict[str, Any]:
+    """Per modality and split: embeddings (L2-normalised pooled latents), probe features, and the
+    embeddings of every other modality predicted from it (when the model has a pooled query)."""
+    model.eval()
+    can_predict = any(isinstance(o, PooledPrediction) for o in model.objectives.values())
+    out: dict[str, Any] = {}
+    for m in MODALITIES:
+        mod, cfg = get_modality(m), model.config.modality_config(m)
+        for split, inputs in enumerate(sets.inputs[m]):
+            if inputs is None:
+                continue
+            emb, probe, pred = [], [], {t: [] for t in MODALITIES if t != m}
+            for b in _batches(inputs):
+                h = model.encode(use_target=use_target, **b)[m]
+                valid = mod.valid_tokens(b)
+                emb.append(torch.nn.functional.normalize(mod.pool(h, valid, cfg), dim=-1))
+                probe.append(mod.probe_features(h, valid, cfg))
+                if can_predict and split == 1:
+                    for t in pred:
+                        pred[t].append(model.predict_embedding(t, **b))
+            out[m, split] = {"emb": torch.cat(emb), "probe": torch.cat(probe).numpy(),
+                             "pred": {t: torch.cat(v) for t, v in pred.items() if v}}
+    return out
+
+
+def evaluate(model: MMJepaModel, sets: EvalSets, use_target: bool = True) -> dict[str, float]:
+    """Class-match R@1 both ways for every pair (similarity and prediction) and per-modality probes."""
+    enc = encode_sets(model, sets, use_target)
+    res: dict[str, float] = {}
+    for q, g in PAIRS:
+        pos = class_positives(sets.labels[q][1], sets.labels[g][1])
+        res[f"{q}_to_{g}_r1"] = recall_at_k(enc[q, 1]["emb"] @ enc[g, 1]["emb"].T, pos, ks=(1,))["r1"]
+        pred = enc[q, 1]["pred"].get(g)
+        if pred is not None:
+            res[f"{q}_to_{g}_r1_predicted"] = recall_at_k(pred @ enc[g, 1]["emb"].T, pos, ks=(1,))["r1"]
+    for m in ("image", "audio"):
+        (ytr, yte) = sets.labels[m]
+        res[f"{m}_probe_acc"] = linear_probe(enc[m, 0]["probe"], ytr, enc[m, 1]["probe"], yte)
+    return res
+
+
+# ----------------------------------------------------------------------------- training
+def _train_for(recipe_file: Path, overrides: list[str], budget_s: float, work: Path, tag: str, log) -> tuple[Any, dict]:
+    """Train with ``overrides`` for about ``budget_s`` seconds: a 12-step calibration measures the
+    seconds per step (after the first), then the run gets ``budget_s / that`` steps."""
+    base = [f"train.output_dir={work / tag}", "train.resume=never", "train.progress=false", "train.tracker=none",
+            "train.save_every=0"]
+    calib = train(load_recipe(recipe_file, [*overrides, *base, "train.max_steps=12", "train.log_every=1",
+                                            f"train.output_dir={work / (tag + '_calibration')}"]))
+    steps = max(20, int(budget_s * calib.train_samples_per_s / calib.samples_seen * 12))
+    log(f"[{tag}] {calib.train_samples_per_s:.1f} samples/s in calibration -> {steps} steps for {budget_s:.0f} s")
+    t0 = time.perf_counter()
+    result = train(load_recipe(recipe_file, [*overrides, *base, f"train.max_steps={steps}"]))
+    info = {"steps": result.steps, "train_s": time.perf_counter() - t0, "samples_per_s": result.train_samples_per_s,
+            "final_logs": result.history[-1] if result.history else None}
+    log(f"[{tag}] {result.steps} steps in {info['train_s']:.0f} s")
+    return result.model, info
+
+
+def bench_spoken_digits(args: argparse.Namespace) -> dict[str, Any]:
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    work = Path(args.workdir) / "spoken_digits"
+    recipe_file = recipe_path("multimodal/spoken_digits_cpu")
+    ours = list(args.overrides)
+    config = load_recipe(recipe_file, ours).model_config()
+    sets = EvalSets(config)
+    budget = args.budget
+    res: dict[str, Any] = {"benchmark": "spoken_digits", "budget_s": budget, "runs": {}}
+
+    torch.manual_seed(args.seed)
+    random_model = MMJepaModel(config)
+    rnd = evaluate(random_model, sets)
+    res["random"] = rnd
+    res["raw_probe_acc"] = {m: linear_probe(sets.raw_features(m, 0), sets.labels[m][0], sets.raw_features(m, 1),
+                                            sets.labels[m][1]) for m in ("image", "audio")}
+    runs = [("ours", ours), ("contrastive", CONTRASTIVE + ours), ("supervised", SUPERVISED + ours)]
+    if args.ablation:
+        runs += [(tag, ours + extra) for tag, extra in ABLATION.items()]
+    if not args.no_low_pair:
+        runs += [("lowpair_ours", ours + LOW_PAIR), ("lowpair_contrastive", CONTRASTIVE + ours + LOW_PAIR_PAIRS_ONLY)]
+    for tag, overrides in runs:
+        model, info = _train_for(recipe_file, overrides, budget, work, tag, log)
+        res["runs"][tag] = {**info, "overrides": overrides, **evaluate(model, sets)}
+        if tag.endswith("ours"):  # the online encoders too, for the record
+            res["runs"][tag]["online"] = evaluate(model, sets, use_target=False)
+        log(f"[{tag}] " + ", ".join(f"{k} {v:.3f}" for k, v in res["runs"][tag].items()
+                                    if isinstance(v, float) and ("r1" in k or "probe" in k)))
+    # the top level: the headline numbers
+    for prefix, (o, c) in (("", ("ours", "contrastive")), ("lowpair_", ("lowpair_ours", "lowpair_contrastive"))):
+        if o not in res["runs"]:
+            continue
+        for key in ("audio_to_image_r1", "image_to_audio_r1", "audio_to_text_r1", "text_to_audio_r1",
+                    "image_to_text_r1", "image_probe_acc", "audio_probe_acc"):
+            res[f"{prefix}{key}"] = res["runs"][o][key]
+        for key in ("audio_to_image_r1", "image_to_audio_r1", "image_probe_acc", "audio_probe_acc"):
+            res[f"{prefix}contrastive_{key}"] = res["runs"][c][key]
+    if "supervised" in res["runs"]:
+        res["supervised_audio_to_image_r1"] = res["runs"]["supervised"]["audio_to_image_r1"]
+    res["chance_r1"] = 0.1
+    return res
+
+
+# ============================================================================ tux paint
+@torch.no_grad()
+def _embed_all(model: MMJepaModel, modality: str, values: list, use_target: bool = True) -> dict[str, torch.Tensor]:
+    """Embeddings of raw values of one modality, and the other modalities' embeddings predicted from them."""
+    model.eval()
+    proc = get_modality(modality).build_processor(model.config.modality_config(modality))
+    can_predict = any(isinstance(o, PooledPrediction) for o in model.objectives.values())
+    emb, pred = [], {t: [] for t in model.modality_names if t != modality}
+    for i in range(0, len(values), 128):
+        b = proc(values[i : i + 128])
+        emb.append(model.embed(use_target=use_target, **b)[modality])
+        if can_predict:
+            for t in pred:
+                pred[t].append(model.predict_embedding(t, **b))
+    return {"emb": torch.cat(emb), **({f"pred_{t}": torch.cat(v) for t, v in pred.items()} if can_predict else {})}
+
+
+def evaluate_tuxpaint(model: MMJepaModel, test: list[dict[str, Any]], use_target: bool = True) -> dict[str, float]:
+    """Instance-level recall@1/5/10 image<->caption on the test stamps, sound<->caption on those
+    with a sound; by similarity, and by prediction when the model can."""
+    res: dict[str, float] = {}
+    groups = {("image", "text"): test, ("audio", "text"): [s for s in test if s["audio"] is not None]}
+    for (a, b), items in groups.items():
+        ea, eb = _embed_all(model, a, [s[a] for s in items], use_target), _embed_all(model, b, [s[b] for s in items], use_target)
+        pos = torch.eye(len(items), dtype=torch.bool)
+        for q, g, eq, eg in ((a, b, ea, eb), (b, a, eb, ea)):
+            for k, v in recall_at_k(eq["emb"] @ eg["emb"].T, pos, ks=(1, 5, 10)).items():
+                res[f"{q}_to_{g}_{k}"] = v
+            if f"pred_{g}" in eq:
+                for k, v in recall_at_k(eq[f"pred_{g}"] @ eg["emb"].T, pos, ks=(1, 5, 10)).items():
+                    if k.startswith("r"):
+                        res[f"{q}_to_{g}_{k}_predicted"] = v
+        res[f"{a}_{b}_gallery"] = len(items)
+    return res
+
+
+def bench_tuxpaint(args: argparse.Namespace) -> dict[str, Any]:
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    work = Path(args.workdir) / "tuxpaint"
+    recipe_file = recipe_path("multimodal/tuxpaint_cpu")
+    ours = list(args.overrides)
+    test = tuxpaint("test")
+    res: dict[str, Any] = {"benchmark": "tuxpaint", "budget_s": args.budget, "test_stamps": len(test),
+                           "test_stamps_with_sound": sum(s["audio"] is not None for s in test), "runs": {}}
+    torch.manual_seed(args.seed)
+    res["random"] = evaluate_tuxpaint(MMJepaModel(load_recipe(recipe_file, ours).model_config()), test)
+    for tag, overrides in (("ours", ours), ("contrastive", CONTRASTIVE + ours)):
+        model, info = _train_for(recipe_file, overrides, args.budget, work, tag, log)
+        res["runs"][tag] = {**info, "overrides": overrides, **evaluate_tuxpaint(model, test)}
+        log(f"[{tag}] " + ", ".join(f"{k} {v:.3f}" for k, v in res["runs"][tag].items()
+                                    if isinstance(v, float) and "_r" in k and "predicted" not in k))
+    o, c = res["runs"]["ours"], res["runs"]["contrastive"]
+    for key in ("image_to_text_r1", "text_to_image_r1", "image_to_text_r5", "text_to_image_r5", "image_to_text_r10",
+                "text_to_image_r10", "audio_to_text_r1", "text_to_audio_r1", "audio_to_text_r5", "text_to_audio_r5"):
+        res[key] = o[key]
+        res[f"contrastive_{key}"] = c[key]
+    res["chance_image_text_r1"] = 1 / len(test)
+    res["chance_audio_text_r1"] = 1 / max(1, res["test_stamps_with_sound"])
+    return res
