@@ -74,6 +74,28 @@ def _eval(p: argparse.ArgumentParser) -> None:
     pr.add_argument("--data", default="digits", help="built-in dataset name (default: digits)")
     pr.add_argument("--modality", default=None, help="the modality to probe (default: the model's only one)")
     pr.add_argument("--json", help="write the result to this JSON file")
+    rt = add("retrieval", help="cross-modal retrieval recall@K both ways on a paired or labelled set")
+    rt.add_argument("data", metavar="DATA", help="a folder, shards, a .csv/.jsonl manifest, or builtin:NAME[:SPLIT]")
+    rt.add_argument("--model", required=True, help="a folder written by save_pretrained (or a Hub id)")
+    rt.add_argument("--modalities", default=None, help="comma list (default: every modality of the model)")
+    rt.add_argument("--positives", choices=("auto", "item", "class"), default="auto",
+                    help="item: an item's own other modalities; class: every item of its class; auto (default): "
+                         "class when every item has a label")
+    rt.add_argument("--ks", default="1,5,10", help="comma list of K (default 1,5,10)")
+    rt.add_argument("--no-predicted", action="store_true", help="skip scoring by predicted embeddings")
+    rt.add_argument("--json", help="write the result to this JSON file")
+    _items(rt, "DATA")
+    zs = add("zeroshot", help="zero-shot classification of images or audio from text prompts")
+    zs.add_argument("data", metavar="DATA", help="labelled items: a folder, shards, a manifest, or builtin:NAME[:SPLIT]")
+    zs.add_argument("--model", required=True, help="a folder written by save_pretrained (or a Hub id)")
+    zs.add_argument("--modality", required=True, help="the modality to classify (image, audio ...)")
+    zs.add_argument("--classes", required=True,
+                    help="class names in label order: a comma list, or a file with one name per line")
+    zs.add_argument("--templates", nargs="+", default=["{}"], metavar="TEMPLATE",
+                    help="prompt templates with {} for the class name (default: the bare name)")
+    zs.add_argument("--no-predicted", action="store_true", help="skip scoring by predicted embeddings")
+    zs.add_argument("--json", help="write the result to this JSON file")
+    _items(zs, "DATA")
     sp = add("spans", help="masked-span prediction accuracy on a text file")
     sp.add_argument("--model", required=True, help="a folder saved with save_pretrained (or a Hub id)")
     sp.add_argument("--text", required=True, help="plain-text file to evaluate on")
@@ -86,6 +108,54 @@ def _eval(p: argparse.ArgumentParser) -> None:
     sp.add_argument("--json", default=None, help="also write the result to this JSON file")
 
 
+def _items(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--kind", choices=("auto", "folder", "shards", "manifest", "builtin"), default="auto",
+                   help=f"what {what} is (default: auto, from the path)")
+    p.add_argument("--text-lines", choices=("all", "first"), default="all",
+                   help="keep all lines of a text file, or the first only (Tux Paint: the English caption)")
+    p.add_argument("--text-columns", default="text,caption,sentence,transcription",
+                   help="manifest: comma list of columns whose strings are an item's text")
+    p.add_argument("--batch-size", type=int, default=64, help="items per forward pass (default 64)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _faiss_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--m", type=int, default=None, help="hnsw: links per node (default 32)")
+    p.add_argument("--ef-search", type=int, default=None, help="hnsw: search breadth (default 64)")
+    p.add_argument("--nlist", type=int, default=None, help="ivf: inverted lists (default 4 sqrt(N))")
+    p.add_argument("--nprobe", type=int, default=None, help="ivf: lists visited per query (default 16)")
+
+
+def _embed(p: argparse.ArgumentParser) -> None:
+    p.usage = "%(prog)s [-h] --model MODEL --output DIR (INPUT | --text STRING ...) [options]"
+    p.add_argument("input", nargs="?", metavar="INPUT",
+                   help="a folder (files sharing a stem form one item), WebDataset shards (a folder written by "
+                        "`mmjepa shards`, .tar files or a brace pattern), a .csv/.jsonl manifest, or builtin:NAME[:SPLIT]")
+    p.add_argument("--text", nargs="+", metavar="STRING", help="embed these strings instead of INPUT")
+    p.add_argument("--model", required=True, help="a folder written by save_pretrained / training's export (or a Hub id)")
+    p.add_argument("--output", required=True, metavar="DIR", help="the gallery folder to write")
+    p.add_argument("--modalities", default=None, help="comma list of modalities to embed (default: all the model has)")
+    p.add_argument("--backend", choices=("exact", "flat", "hnsw", "ivf"), default="exact",
+                   help="exact search (default), or a faiss index for large galleries (pip install faiss-cpu)")
+    p.add_argument("--online", action="store_true", help="embed with the context encoders instead of the EMA targets")
+    _faiss_options(p)
+    _items(p, "INPUT")
+
+
+def _search(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--index", required=True, metavar="DIR", help="a gallery folder written by `mmjepa embed`")
+    p.add_argument("--text", nargs="+", metavar="STRING", help="text queries")
+    p.add_argument("--image", nargs="+", metavar="PATH", help="image queries")
+    p.add_argument("--audio", nargs="+", metavar="PATH", help="audio queries")
+    p.add_argument("--target", default=None, help="the gallery modality to search (default: the gallery's only one)")
+    p.add_argument("-k", type=int, default=10, help="results per query (default 10)")
+    p.add_argument("--mode", choices=("embedding", "predicted"), default="embedding",
+                   help="score by embedding similarity (default), or predict the target's embedding from the query")
+    p.add_argument("--model", default=None, help="the model (default: the one that embedded the gallery)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    _faiss_options(p)
+
+
 def _tokenizer(p: argparse.ArgumentParser) -> None:
     tr = _subcommands(p, "task")("train", help="train on text files and save as a transformers tokenizer")
     tr.add_argument("--input", nargs="+", required=True, metavar="FILE", help="plain-text training files")
@@ -96,9 +166,12 @@ def _tokenizer(p: argparse.ArgumentParser) -> None:
 
 
 def _demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output-dir", default="runs/demo")
+    p.add_argument("--output", default="demo_output", metavar="DIR",
+                   help="where the model, metrics.json and demo_report.png go (default ./demo_output)")
+    p.add_argument("--steps", type=int, default=100, help="training steps (default 100: about 5 minutes on 2 cores)")
+    p.add_argument("--image", action="store_true", help="the single-modality quickstart instead: I-JEPA on digit images")
     p.add_argument("--json", help="also write the numbers to this file")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="optional recipe overrides, e.g. train.max_steps=100")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="optional recipe overrides, e.g. data.batch_size=32")
 
 
 def _bench(p: argparse.ArgumentParser) -> None:
@@ -129,6 +202,18 @@ def _bench(p: argparse.ArgumentParser) -> None:
     dp.add_argument("--no-tuxpaint", action="store_true", help="skip the tuxpaint-shards measurement")
     dp.add_argument("--json", default=None, help="write the results here")
     dp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides (e.g. data.num_workers=4)")
+    rp = add("retrieval", help="gallery search: exact vs faiss (flat, hnsw, ivf) recall@k and speed")
+    rp.add_argument("--items", type=int, default=100_000, help="gallery size (default 100000)")
+    rp.add_argument("--dim", type=int, default=256, help="embedding width (default 256)")
+    rp.add_argument("--queries", type=int, default=1000, help="queries (default 1000)")
+    rp.add_argument("--clusters", type=int, default=1000, help="clusters of the synthetic gallery (default 1000)")
+    rp.add_argument("--spread", type=float, default=1.5, help="noise around the cluster centres (default 1.5)")
+    rp.add_argument("--k", type=int, default=10, help="neighbours per query (default 10)")
+    rp.add_argument("--batch", type=int, default=100, help="queries per batched call (default 100)")
+    rp.add_argument("--single", type=int, default=200, help="queries timed one at a time (default 200)")
+    rp.add_argument("--threads", type=int, default=1, help="threads for torch and faiss (default 1)")
+    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--json", default=None, help="write the results here")
     qp = add("quality", help="quality on real data: fsdd | shakespeare | spoken_digits | tuxpaint")
     qp.add_argument("name", choices=("fsdd", "shakespeare", "spoken_digits", "tuxpaint"), metavar="NAME",
                     help="fsdd (audio probe) | shakespeare (span filling vs BERT) | spoken_digits, tuxpaint "
@@ -151,10 +236,15 @@ def _bench(p: argparse.ArgumentParser) -> None:
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] = {
     "shards": ("build WebDataset shards from a folder / CSV / JSONL / HF dataset", _shards, "mmjepa.shards:run"),
     "train": ("train from a recipe: mmjepa train RECIPE.yaml [KEY=VALUE ...]", _train, "mmjepa.engine.command:run"),
-    "eval": ("evaluate a saved model: probe | spans", _eval, "mmjepa.eval.command:run"),
+    "eval": ("evaluate a saved model: probe | retrieval | zeroshot | spans", _eval, "mmjepa.eval.command:run"),
+    "embed": ("embed a folder / shards / manifest / strings into a searchable gallery", _embed,
+              "mmjepa.retrieval.command:run_embed"),
+    "search": ("search a gallery written by `mmjepa embed` with text, image or audio queries", _search,
+               "mmjepa.retrieval.command:run_search"),
     "tokenizer": ("train a SentencePiece-style tokenizer: tokenizer train ...", _tokenizer, "mmjepa.tokenizer:run"),
-    "demo": ("the quickstart on a small real dataset, a few minutes on a CPU", _demo, "mmjepa.demo:run"),
-    "bench": ("benchmarks: speed | data | quality", _bench, "mmjepa.bench.cli:run"),
+    "demo": ("the tri-modal quickstart on spoken digits: train ~5 minutes on a CPU, retrieve, draw a report",
+             _demo, "mmjepa.demo:run"),
+    "bench": ("benchmarks: speed | data | retrieval | quality", _bench, "mmjepa.bench.cli:run"),
 }
 
 

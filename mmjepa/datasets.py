@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from .download import ensure_fsdd
+
 
 def shared_data_dir(required: bool = True) -> Path | None:
     """The folder of real data sets: ``$MMJEPA_DATA_DIR``, else ``../shared/data`` beside the checkout."""
@@ -60,12 +62,16 @@ def fsdd(split: str = "train") -> list[dict[str, Any]]:
     takes 5-49 (2,700). Samples: ``audio`` = ``{"array": float32 waveform in [-1, 1],
     "sampling_rate": 8000}`` (the form the data pipeline decodes audio to, which the audio processor
     takes as it is), ``sampling_rate`` (again), ``label`` (the digit), ``speaker``.
+
+    Read from the data folder (:func:`shared_data_dir`) when it holds ``fsdd/recordings``; else
+    downloaded once into the cache (:func:`mmjepa.download.ensure_fsdd`, 27 MB, checksummed).
     """
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    folder = shared_data_dir() / "fsdd" / "recordings"
-    if not folder.is_dir():
-        raise FileNotFoundError(f"FSDD recordings not found in {folder}")
+    root = shared_data_dir(required=False)
+    if root is None or not (root / "fsdd" / "recordings").is_dir():
+        root = ensure_fsdd()
+    folder = root / "fsdd" / "recordings"
     out = []
     for path in sorted(folder.glob("*.wav")):
         digit, speaker, take = path.stem.split("_")

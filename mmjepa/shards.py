@@ -68,11 +68,12 @@ def _text(raw: str, lines: str) -> str:
 
 
 # ----------------------------------------------------------------------------- sample readers
-def folder_samples(root: str | Path, text_lines: str = "all") -> Iterator[dict[str, Any]]:
+def folder_samples(root: str | Path, text_lines: str = "all", keep_paths: bool = False) -> Iterator[dict[str, Any]]:
     """Files sharing a stem (``x.jpg`` + ``x.txt`` + ``x.wav``) form one sample, in sorted order.
 
-    Files in sub-folders keep their relative path in the key (``a/x.jpg`` -> key ``a_x``); files
-    with other extensions are ignored; a stem with two files of one kind keeps the first.
+    Files in sub-folders keep their relative path in the key (``a/x.jpg`` -> key ``a_x``, or
+    ``a/x`` with ``keep_paths``: not a valid shard key, but the item's name); files with other
+    extensions are ignored; a stem with two files of one kind keeps the first.
     """
     root = Path(root)
     if not root.is_dir():
@@ -86,7 +87,7 @@ def folder_samples(root: str | Path, text_lines: str = "all") -> Iterator[dict[s
         stem = path.relative_to(root).with_suffix("").as_posix()
         groups.setdefault(stem, {}).setdefault(ext, path)
     for stem in sorted(groups):
-        sample: dict[str, Any] = {"__key__": sanitize_key(stem)}
+        sample: dict[str, Any] = {"__key__": stem if keep_paths else sanitize_key(stem)}
         for ext, path in groups[stem].items():
             data = path.read_bytes()
             sample[ext] = _text(data.decode("utf-8"), text_lines).encode("utf-8") if ext == "txt" else data

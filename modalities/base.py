@@ -12,6 +12,7 @@ adding a modality (video, depth, a 1-D sensor) touches no core file. A plug-in o
   ``MMJepaProcessor`` all go through these;
 - processing: ``processor_class`` and, for ``MMJepaProcessor(...)``, its keyword
   ``processor_arg`` (``images=``) and extra keywords ``processor_kwargs`` (``sampling_rate=``);
+  ``takes_strings`` when plain strings are its raw values (zero-shot prompts, typed queries);
 - tokens: ``embed_class``, an ``nn.Module`` (cfg, dim, add_positions) that maps the model input to
   (B, N, D) tokens with fixed positions added, exposing ``num_tokens``, ``coords`` (an (N, ndim)
   integer grid buffer, for RoPE), ``grid_coords()`` and ``position_table(dim)``;
@@ -60,6 +61,7 @@ class Modality:
     processor_arg: ClassVar[str]  # keyword of MMJepaProcessor.__call__, e.g. "images"
     processor_kwargs: ClassVar[tuple[str, ...]] = ()  # extra keywords routed to this processor
     extensions: ClassVar[tuple[str, ...]] = ()  # file extensions decode() understands, lower case
+    takes_strings: ClassVar[bool] = False  # its processor takes plain strings (prompts, typed queries)
     sample_keys: ClassVar[tuple[str, ...]] = ()  # per-sample keys collate() reads besides input_key
     default_objectives: ClassVar[dict[str, dict[str, Any]]] = {}
 

@@ -181,6 +181,7 @@ class TextModality(Modality):
     processor_class = TextProcessor
     processor_arg = "text"
     extensions = ("txt", "text")
+    takes_strings = True
     sample_keys = ("attention_mask",)
     # masked-span prediction reads tokens back out of the predicted latents
     default_objectives = {"readout": {"type": "readout", "modality": "text"}}

@@ -49,7 +49,7 @@ def test_help_tells_the_truth_and_imports_no_torch(home):
     top = mmjepa(home, "--help")
     assert top.returncode == 0
     listed = commands(top.stdout)
-    assert listed == ["shards", "train", "eval", "tokenizer", "demo", "bench"]
+    assert listed == ["shards", "train", "eval", "embed", "search", "tokenizer", "demo", "bench"]
     for name in listed:  # every listed command exists and answers --help
         r = mmjepa(home, name, "--help")
         assert r.returncode == 0 and r.stdout.startswith(f"usage: mmjepa {name}"), (name, r.stderr)
@@ -57,7 +57,8 @@ def test_help_tells_the_truth_and_imports_no_torch(home):
             for sub in commands(r.stdout):  # eval probe|spans, tokenizer train, bench speed|data|quality
                 rs = mmjepa(home, name, sub, "--help")
                 assert rs.returncode == 0 and rs.stdout.startswith(f"usage: mmjepa {name} {sub}"), (name, sub)
-    assert mmjepa(home, "bench").returncode == 2 and mmjepa(home, "embed").returncode == 2
+    assert mmjepa(home, "bench").returncode == 2 and mmjepa(home, "embed").returncode == 2  # --model missing
+    assert mmjepa(home, "serve").returncode == 2
     assert mmjepa(home, "--version").stdout.startswith("mmjepa ")
     probe = ("import sys, mmjepa_cli\n"
              "for argv in (['--help'], ['train', '--help'], ['eval', 'spans', '--help'], ['bench', 'quality', '--help']):\n"

@@ -43,13 +43,14 @@ class SampleProcessor:
     plug-in's extensions are always candidates. A sample must hold the modalities of ``require``
     (default: every modality of the model) and at least one of the model's. A modality outside
     ``require`` that fails to decode or process is dropped from its sample (the rest is kept),
-    counted in ``dropped`` and reported once.
+    counted in ``dropped`` and reported once. ``only`` limits the work to some of the model's
+    modalities (the others are ignored).
     """
 
     def __init__(self, model_config: Any, keys: dict[str, str] | None = None, require: list[str] | None = None,
-                 train: bool = False):
+                 train: bool = False, only: list[str] | None = None):
         keys = keys or {}
-        self.modalities = list(model_config.modalities)
+        self.modalities = list(only or model_config.modalities)
         self.required = list(self.modalities if require is None else require)
         unknown = sorted(set(self.required) - set(self.modalities))
         if unknown:

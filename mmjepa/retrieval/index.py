@@ -1,0 +1,281 @@
+"""``EmbeddingIndex``: a gallery of embedded items, searchable from any modality.
+
+    index = EmbeddingIndex.build(model, read_items("stamps/"))      # embeds every modality
+    index.save("stamps_index")
+    index = EmbeddingIndex.load("stamps_index", model)               # refuses another model
+    index.search(target=..., k=5, text="a red car")                  # [[(key, score), ...]]
+
+Design decisions:
+- one gallery per modality (its keys and (N, D) float32 embeddings); a query of one modality is
+  searched against the gallery of another (or the same) modality;
+- the gallery remembers the identity of the model that embedded it (a hash of its weights and of
+  the options that decide its processing): queries from any other model are refused, since
+  embeddings of two models share no space;
+- two ways to score (``mode``): ``embedding`` compares the query's embedding with the gallery's;
+  ``predicted`` first predicts the gallery modality's pooled embedding from the query through the
+  model's predictor (its ``pooled`` objective), as VL-JEPA does, and compares that;
+- exact search (a matrix product and top-k, in chunks) by default; for large galleries a faiss
+  index (``flat``, ``hnsw`` or ``ivf``; ``pip install faiss-cpu``) behind the same call, saved
+  beside the embeddings so that it is built once;
+- on disk: ``gallery.json`` (identity, model, counts, backend), ``embeddings.safetensors`` (one
+  tensor per modality), ``keys.json`` and, for faiss, ``faiss-<modality>.index``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..processing import MMJepaProcessor
+from .items import embed_items
+
+FORMAT, VERSION = "mmjepa-gallery", 1
+BACKENDS = ("exact", "flat", "hnsw", "ivf")
+MODES = ("embedding", "predicted")
+
+
+def model_identity(model: Any) -> str:
+    """A hash of everything that decides a model's embeddings: its weights (every tensor of the
+    state dict, names included) and the options of its modalities (sizes, normalisation, the
+    tokenizer's vocabulary fingerprint — not where files lie)."""
+    h = hashlib.blake2b(digest_size=16)
+    options = {m: {k: v for k, v in model.config.modality_config(m).__dict__.items() if k != "tokenizer"}
+               for m in model.modality_names}
+    h.update(json.dumps([model.config.hidden_size, options], sort_keys=True, default=str).encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _faiss() -> Any:
+    try:
+        import faiss  # optional: only galleries with a faiss backend need it
+    except ImportError:
+        raise ImportError("this backend needs faiss: pip install faiss-cpu (or mmjepa[retrieval])") from None
+    return faiss
+
+
+class _Exact:
+    """Inner-product top-k by matrix products over chunks of the gallery."""
+
+    def __init__(self, x: torch.Tensor, chunk: int = 65536):
+        self.x, self.chunk = x.float(), chunk
+
+    def search(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        k = min(k, len(self.x))
+        best_s, best_i = None, None
+        for start in range(0, len(self.x), self.chunk):
+            s = q.float() @ self.x[start:start + self.chunk].T  # (Q, C)
+            s, i = s.topk(min(k, s.shape[1]), dim=1)
+            i = i + start
+            if best_s is not None:
+                s, j = torch.cat([best_s, s], 1).topk(k, dim=1)
+                i = torch.cat([best_i, i], 1).gather(1, j)
+            best_s, best_i = s, i
+        return best_s, best_i
+
+
+class _Faiss:
+    """A faiss inner-product index: ``flat`` (exact), ``hnsw`` (graph; ``m``, ``ef_search``) or
+    ``ivf`` (inverted lists; ``nlist`` default 4 sqrt(N), ``nprobe``)."""
+
+    def __init__(self, x: torch.Tensor | None, kind: str, m: int = 32, ef_construction: int = 80, ef_search: int = 64,
+                 nlist: int | None = None, nprobe: int = 16, index: Any = None):
+        faiss = _faiss()
+        self.kind = kind
+        if index is None:
+            xs = np.ascontiguousarray(x.float().numpy())
+            d = xs.shape[1]
+            if kind == "flat":
+                index = faiss.IndexFlatIP(d)
+            elif kind == "hnsw":
+                index = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT)
+                index.hnsw.efConstruction = ef_construction
+            else:
+                nlist = nlist or max(1, min(int(4 * math.sqrt(len(xs))), len(xs) // 39))
+                index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+                index.train(xs)
+            index.add(xs)
+        if kind == "hnsw":
+            index.hnsw.efSearch = ef_search
+        if kind == "ivf":
+            index.nprobe = nprobe
+        self.index = index
+
+    def search(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        k = min(k, self.index.ntotal)
+        s, i = self.index.search(np.ascontiguousarray(q.float().numpy()), k)
+        return torch.from_numpy(s), torch.from_numpy(i)
+
+
+class EmbeddingIndex:
+    """Galleries of embedded items (one per modality) and the identity of the model that made them.
+
+    ``backend``: ``exact`` (default) or a faiss index ``flat`` / ``hnsw`` / ``ivf``;
+    ``backend_options`` go to it (``m``, ``ef_search``, ``nlist``, ``nprobe``). Attach a model
+    (``model=`` or :meth:`attach`) to search with raw queries; :meth:`search_embeddings` takes
+    embeddings made by the same model.
+    """
+
+    def __init__(self, embeddings: dict[str, torch.Tensor], keys: dict[str, list[str]], identity: str,
+                 model_ref: str | None = None, backend: str = "exact", backend_options: dict[str, Any] | None = None,
+                 use_target: bool = True, model: Any = None, labels: dict[str, list[int | None]] | None = None,
+                 _faiss_indexes: dict[str, Any] | None = None):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        for m, e in embeddings.items():
+            if e.dim() != 2 or len(e) != len(keys.get(m, ())):
+                raise ValueError(f"{m}: {tuple(e.shape)} embeddings for {len(keys.get(m, ()))} keys")
+        self.embeddings = {m: e.float().contiguous() for m, e in embeddings.items() if len(e)}
+        self.keys = {m: list(keys[m]) for m in self.embeddings}
+        self.labels = {m: list((labels or {}).get(m) or [None] * len(self.keys[m])) for m in self.embeddings}
+        self.identity, self.model_ref, self.use_target = identity, model_ref, use_target
+        self.backend, self.backend_options = backend, dict(backend_options or {})
+        self._search: dict[str, Any] = {}
+        for m, e in self.embeddings.items():
+            if backend == "exact":
+                self._search[m] = _Exact(e)
+            else:
+                self._search[m] = _Faiss(e, backend, index=(_faiss_indexes or {}).get(m), **self.backend_options)
+        self.model, self.processor = None, None
+        if model is not None:
+            self.attach(model)
+
+    # ------------------------------------------------------------------ building and storing
+    @classmethod
+    def build(cls, model: Any, items: Iterable[dict[str, Any]], modalities: Sequence[str] | None = None,
+              batch_size: int = 64, use_target: bool = True, backend: str = "exact",
+              backend_options: dict[str, Any] | None = None, progress: bool = True, model_ref: str | None = None,
+              total: int | None = None) -> "EmbeddingIndex":
+        """Embed ``items`` (raw items, see :mod:`mmjepa.retrieval.items`) with ``model``."""
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        done = embed_items(model, items, modalities, batch_size, use_target, progress, total)
+        if not any(len(e) for e in done.embeddings.values()):
+            raise ValueError(f"no item held any of the modalities {list(done.embeddings)} "
+                             f"({done.items} read, {done.skipped} skipped)")
+        index = cls(done.embeddings, done.keys, model_identity(model),
+                    model_ref or getattr(model.config, "_name_or_path", None) or None, backend, backend_options,
+                    use_target, model, done.labels)
+        index.stats = {"items": done.items, "skipped": done.skipped, "dropped": done.dropped}
+        return index
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file(dict(self.embeddings), str(path / "embeddings.safetensors"), metadata={"identity": self.identity})
+        (path / "keys.json").write_text(json.dumps({"keys": self.keys, "labels": self.labels}))
+        if self.backend != "exact":
+            faiss = _faiss()
+            for m, s in self._search.items():
+                faiss.write_index(s.index, str(path / f"faiss-{m}.index"))
+        meta = {"format": FORMAT, "version": VERSION, "identity": self.identity, "model": self.model_ref,
+                "use_target": self.use_target, "backend": self.backend, "backend_options": self.backend_options,
+                "modalities": {m: {"count": len(e), "dim": e.shape[1]} for m, e in self.embeddings.items()},
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (path / "gallery.json").write_text(json.dumps(meta, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, model: Any = None, **backend_options: Any) -> "EmbeddingIndex":
+        """A saved gallery; ``model`` (checked against the gallery's identity) lets it take raw
+        queries; ``backend_options`` change search-time options (``ef_search``, ``nprobe``)."""
+        path = Path(path)
+        if not (path / "gallery.json").is_file():
+            raise FileNotFoundError(f"{path} is not a gallery written by `mmjepa embed` (no gallery.json)")
+        meta = json.loads((path / "gallery.json").read_text())
+        if meta.get("format") != FORMAT or meta.get("version", 0) > VERSION:
+            raise ValueError(f"{path}: unknown gallery format {meta.get('format')} v{meta.get('version')}")
+        emb = load_file(str(path / "embeddings.safetensors"))
+        stored = json.loads((path / "keys.json").read_text())
+        faiss_idx = None
+        if meta["backend"] != "exact":
+            faiss = _faiss()
+            faiss_idx = {m: faiss.read_index(str(path / f"faiss-{m}.index")) for m in emb}
+        options = {**meta.get("backend_options", {}), **backend_options}
+        return cls(emb, stored["keys"], meta["identity"], meta.get("model"), meta["backend"], options,
+                   meta.get("use_target", True), model, stored.get("labels"), faiss_idx)
+
+    # ------------------------------------------------------------------ searching
+    def attach(self, model: Any) -> "EmbeddingIndex":
+        """Use ``model`` for queries; refused unless it is the model that embedded the gallery."""
+        ident = model_identity(model)
+        if ident != self.identity:
+            raise ValueError(f"this gallery was embedded by another model (identity {self.identity[:12]}, "
+                             f"{self.model_ref or 'unknown'}); the given model is {ident[:12]}: embed the gallery "
+                             "again with it, or load the model that made it")
+        self.model = model.eval()
+        self.processor = MMJepaProcessor.from_config(model.config)
+        return self
+
+    def _target(self, target: str | None) -> str:
+        if target is None:
+            if len(self.embeddings) != 1:
+                raise ValueError(f"this gallery holds {sorted(self.embeddings)}: choose one with target=")
+            return next(iter(self.embeddings))
+        if target not in self.embeddings:
+            raise ValueError(f"this gallery has no {target!r} items (it has {sorted(self.embeddings)})")
+        return target
+
+    def search_embeddings(self, queries: torch.Tensor, target: str | None = None, k: int = 10,
+                          identity: str | None = None) -> list[list[tuple[str, float]]]:
+        """Queries (Q, D), L2-normalised, made by this gallery's model (pass its ``identity`` to
+        have it checked) -> per query the top-``k`` (key, score) of gallery ``target``."""
+        if identity is not None and identity != self.identity:
+            raise ValueError(f"these queries were embedded by another model ({identity[:12]}); the gallery's is "
+                             f"{self.identity[:12]}")
+        target = self._target(target)
+        if queries.dim() == 1:
+            queries = queries[None]
+        if queries.shape[1] != self.embeddings[target].shape[1]:
+            raise ValueError(f"queries of width {queries.shape[1]}, gallery of width {self.embeddings[target].shape[1]}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        scores, idx = self._search[target].search(queries.detach().float().cpu(), k)
+        keys = self.keys[target]
+        return [[(keys[int(i)], float(s)) for s, i in zip(srow, irow) if int(i) >= 0]
+                for srow, irow in zip(scores, idx)]
+
+    def embed_queries(self, target: str, mode: str = "embedding", **inputs: Any) -> torch.Tensor:
+        """Raw queries (``text=``, ``images=``, ``audio=`` ... as the processor takes them) ->
+        (Q, D): their embedding (``mode="embedding"``, exactly one query modality) or, with
+        ``mode="predicted"``, ``target``'s embedding predicted from them (any query modalities)."""
+        if self.model is None:
+            raise ValueError("no model attached: EmbeddingIndex.load(path, model) or index.attach(model)")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        batch = self.processor(**{k: v for k, v in inputs.items() if v is not None})
+        device = next(self.model.parameters()).device
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        if mode == "predicted":
+            return self.model.predict_embedding(target, **batch).float().cpu()
+        emb = self.model.embed(use_target=self.use_target, **batch)
+        if len(emb) != 1:
+            raise ValueError(f"give queries of one modality (got {sorted(emb)}), or use mode='predicted'")
+        return next(iter(emb.values())).float().cpu()
+
+    def search(self, target: str | None = None, k: int = 10, mode: str = "embedding",
+               **inputs: Any) -> list[list[tuple[str, float]]]:
+        """Top-``k`` (key, score) of gallery ``target`` for each query, given by the processor's
+        keywords: ``text=`` (a string or a list), ``images=`` (paths, PIL images, arrays), ``audio=``
+        (paths or arrays, with ``sampling_rate=``), or another modality plug-in's keyword. A single
+        string or path is one query."""
+        target = self._target(target)
+        inputs = {k_: [v] if isinstance(v, (str, Path)) else v for k_, v in inputs.items() if v is not None}
+        return self.search_embeddings(self.embed_queries(target, mode, **inputs), target, k)
+
+    def __len__(self) -> int:
+        return sum(len(k) for k in self.keys.values())
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{m}: {len(k)}" for m, k in self.keys.items())
+        return f"EmbeddingIndex({sizes}; backend={self.backend}, model={self.model_ref}, identity={self.identity[:12]})"
