@@ -32,6 +32,7 @@ from .eval.crossmodal import evaluate_retrieval, zeroshot_classify
 from .eval.probe import linear_probe, probe_dataset
 from .models import MMJepaModel
 from .plot import line_plot, plt
+from .processing import MMJepaProcessor
 from .recipes import recipe_path
 from .retrieval.items import embed_items
 
@@ -168,6 +169,8 @@ def run_trimodal_demo(output: str | Path = "demo_output", steps: int = 100, over
     train_s = time.time() - t0
     model = result.model.eval()
     model.save_pretrained(output / "model")
+    # the tokenizer beside the weights (AutoTokenizer.from_pretrained("demo_output/model") loads it)
+    MMJepaProcessor.from_config(model.config).processors["text"].tokenizer.save_pretrained(output / "model")
     items = test_items()
     metrics: dict[str, Any] = {"steps": result.steps, "train_seconds": round(train_s, 1),
                                "train_samples_per_s": round(result.train_samples_per_s, 1), "chance_r1": 0.1}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from transformers import AutoTokenizer
 
 from mmjepa import MMJepaModel
 from mmjepa.datasets import shared_data_dir
@@ -27,3 +28,5 @@ def test_the_demo_on_a_tiny_budget_writes_every_artifact(tmp_path):
     assert {"image_zeroshot_acc", "audio_zeroshot_acc", "audio_to_image_r1_predicted"} <= set(metrics)
     model = MMJepaModel.from_pretrained(out / "model")
     assert model.modality_names and set(model.modality_names) == {"image", "audio", "text"}
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")  # saved beside the weights
+    assert tokenizer("the number seven")["input_ids"]
