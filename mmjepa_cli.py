@@ -119,10 +119,11 @@ def _items(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _faiss_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--m", type=int, default=None, help="hnsw: links per node (default 32)")
+def _faiss_options(p: argparse.ArgumentParser, build: bool) -> None:
+    if build:
+        p.add_argument("--m", type=int, default=None, help="hnsw: links per node (default 32)")
+        p.add_argument("--nlist", type=int, default=None, help="ivf: inverted lists (default 4 sqrt(N))")
     p.add_argument("--ef-search", type=int, default=None, help="hnsw: search breadth (default 64)")
-    p.add_argument("--nlist", type=int, default=None, help="ivf: inverted lists (default 4 sqrt(N))")
     p.add_argument("--nprobe", type=int, default=None, help="ivf: lists visited per query (default 16)")
 
 
@@ -138,7 +139,7 @@ def _embed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("exact", "flat", "hnsw", "ivf"), default="exact",
                    help="exact search (default), or a faiss index for large galleries (pip install faiss-cpu)")
     p.add_argument("--online", action="store_true", help="embed with the context encoders instead of the EMA targets")
-    _faiss_options(p)
+    _faiss_options(p, build=True)
     _items(p, "INPUT")
 
 
@@ -153,7 +154,7 @@ def _search(p: argparse.ArgumentParser) -> None:
                    help="score by embedding similarity (default), or predict the target's embedding from the query")
     p.add_argument("--model", default=None, help="the model (default: the one that embedded the gallery)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    _faiss_options(p)
+    _faiss_options(p, build=False)
 
 
 def _tokenizer(p: argparse.ArgumentParser) -> None:
