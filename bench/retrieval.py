@@ -77,10 +77,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             build_s = time.perf_counter() - t0
         else:
             build_s = None
-        index = built[backend]
-        if backend != "exact":  # search-time options on the built index
-            index = EmbeddingIndex({"item": x}, keys, "bench", backend=backend, backend_options=opts,
-                                   _faiss_indexes={"item": built[backend]._search["item"].index})
+        index = built[backend].configure(**opts)  # search-time options on the built index
 
         def batched() -> list:
             out = []

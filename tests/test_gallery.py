@@ -161,6 +161,9 @@ def test_a_faiss_gallery_round_trips(model, folder, tmp_path):
     assert (tmp_path / "g" / "faiss-image.index").is_file()
     loaded = EmbeddingIndex.load(tmp_path / "g", model, ef_search=128)
     assert loaded.backend == "hnsw" and loaded.backend_options["ef_search"] == 128
+    assert loaded._search["image"].index.hnsw.efSearch == 128
+    loaded.configure(ef_search=16)
+    assert loaded._search["image"].index.hnsw.efSearch == 16 and loaded.backend_options["ef_search"] == 16
     assert loaded.search(target="image", text=caption(2), k=4) == index.search(target="image", text=caption(2), k=4)
 
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 import braceexpand  # a dependency of webdataset
 import torch
 from webdataset.gopen import gopen
+from webdataset.handlers import reraise_exception
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from ..datasets import load_builtin
@@ -56,6 +57,36 @@ def _open_manifest(urls: str | list[str]) -> dict | None:
         if (p.is_dir() and (p / MANIFEST).exists()) or (p.is_file() and p.suffix == ".json"):
             return read_manifest(p)
     return None
+
+
+def shard_urls(urls: str | list[str]) -> tuple[list[str], int | None]:
+    """The shard files ``urls`` names — a folder written by ``mmjepa shards`` or its manifest, a brace
+    pattern, a ``::``-joined list or a list — and the sample count its manifest gives (None without
+    one). Local shard files are checked to exist."""
+    manifest = _open_manifest(urls)
+    if manifest is not None:
+        out, total = [s["url"] for s in manifest["shards"]], manifest["total"]
+    else:
+        out, total = expand_urls(urls), None
+    check_local_shards(out)
+    return out, total
+
+
+def tar_samples(urls: list[str], handler: Callable[..., bool] | None = None) -> Iterator[dict[str, Any]]:
+    """Samples of each shard in turn (files grouped by key); each shard is closed when left, also
+    when the consumer stops early. ``handler(err, ...)`` decides on a bad shard or file (skip and
+    count); without one, errors are raised."""
+    for url in urls:
+        try:
+            stream = gopen(url)
+        except Exception as err:  # noqa: BLE001 - an unreadable shard is skipped and counted
+            if handler is None:
+                raise
+            handler(err, url)
+            continue
+        with stream:
+            files = tar_file_expander([{"url": url, "stream": stream}], handler=handler or reraise_exception)
+            yield from group_by_keys(files, handler=handler or reraise_exception)
 
 
 class BuiltinSource:
@@ -112,16 +143,10 @@ class ShardSource:
             if Path(cfg.urls).is_dir() and not (Path(cfg.urls) / MANIFEST).exists():
                 raise ValueError(f"folder {cfg.urls} has no {MANIFEST}: point urls at shards written by "
                                  "`mmjepa shards`, or at the .tar files (a brace pattern or a list)")
-        manifest = _open_manifest(cfg.urls)
-        if manifest is not None:
-            self.urls = [s["url"] for s in manifest["shards"]]
-            self.num_samples = cfg.num_samples or manifest["total"]
-        else:
-            self.urls = expand_urls(cfg.urls)
-            self.num_samples = cfg.num_samples
+        self.urls, total = shard_urls(cfg.urls)
+        self.num_samples = cfg.num_samples or total
         if not self.urls:
             raise ValueError(f"no shards in {cfg.urls!r}")
-        check_local_shards(self.urls)
         self.name = str(cfg.urls)
 
     def shard_stages(self, r: Role, p: int, tag: int) -> list[Callable]:
@@ -144,17 +169,7 @@ class ShardSource:
         return stages
 
     def tar_samples(self, urls: list[str]) -> Iterator[dict[str, Any]]:
-        """Samples of each shard in turn (files grouped by key); each shard is closed when left,
-        also when the consumer stops early."""
-        for url in urls:
-            try:
-                stream = gopen(url)
-            except Exception as err:  # noqa: BLE001 - an unreadable shard is skipped and counted
-                self.handler(err, url)
-                continue
-            with stream:
-                files = tar_file_expander([{"url": url, "stream": stream}], handler=self.handler)
-                yield from group_by_keys(files, handler=self.handler)
+        return tar_samples(urls, self.handler)
 
     def role_stream(self, r: Role, tag: int) -> Iterator[dict[str, Any]]:
         if not self.cfg.resampled and len(self.urls) < r.world:

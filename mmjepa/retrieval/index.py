@@ -105,11 +105,15 @@ class _Faiss:
                 index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
                 index.train(xs)
             index.add(xs)
-        if kind == "hnsw":
-            index.hnsw.efSearch = ef_search
-        if kind == "ivf":
-            index.nprobe = nprobe
         self.index = index
+        self.configure(ef_search=ef_search, nprobe=nprobe)
+
+    def configure(self, ef_search: int | None = None, nprobe: int | None = None, **_: Any) -> None:
+        """Set the search-time options (build-time ones are ignored here)."""
+        if self.kind == "hnsw" and ef_search is not None:
+            self.index.hnsw.efSearch = ef_search
+        if self.kind == "ivf" and nprobe is not None:
+            self.index.nprobe = nprobe
 
     def search(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         k = min(k, self.index.ntotal)
@@ -215,6 +219,14 @@ class EmbeddingIndex:
                              "again with it, or load the model that made it")
         self.model = model.eval()
         self.processor = MMJepaProcessor.from_config(model.config)
+        return self
+
+    def configure(self, **options: Any) -> "EmbeddingIndex":
+        """Change search-time options of a faiss backend in place (``ef_search``, ``nprobe``)."""
+        self.backend_options.update(options)
+        if self.backend != "exact":
+            for s in self._search.values():
+                s.configure(**options)
         return self
 
     def _target(self, target: str | None) -> str:

@@ -23,13 +23,11 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
-from webdataset.gopen import gopen
-from webdataset.tariterators import group_by_keys, tar_file_expander
-
-from ..data import SampleProcessor, expand_urls
+from ..data import SampleProcessor
+from ..data.sources import shard_urls, tar_samples
 from ..datasets import load_builtin
 from ..modalities import get_modality
-from ..shards import MANIFEST, folder_samples, manifest_samples, read_manifest
+from ..shards import MANIFEST, folder_samples, manifest_samples
 
 KINDS = ("auto", "folder", "shards", "manifest", "builtin")
 
@@ -37,19 +35,9 @@ KINDS = ("auto", "folder", "shards", "manifest", "builtin")
 def shard_items(urls: str | Sequence[str]) -> Iterator[dict[str, Any]]:
     """Samples of WebDataset shards in order: a folder written by ``mmjepa shards`` (its
     manifest), its manifest file, a brace pattern (``data/shard-{000000..000009}.tar``) or a list."""
-    if isinstance(urls, str) and Path(urls).is_dir():
-        if not (Path(urls) / MANIFEST).is_file():
-            raise ValueError(f"folder {urls} has no {MANIFEST}: give the .tar files (a brace pattern) instead")
-        urls = [s["url"] for s in read_manifest(Path(urls) / MANIFEST)["shards"]]
-    elif isinstance(urls, str) and urls.endswith(".json") and Path(urls).is_file():
-        urls = [s["url"] for s in read_manifest(urls)["shards"]]
-    else:
-        urls = expand_urls(urls)
-    for url in urls:
-        if "://" not in url and not Path(url).is_file():
-            raise FileNotFoundError(f"no such shard file: {url}")
-        with gopen(url) as stream:
-            yield from group_by_keys(tar_file_expander([{"url": url, "stream": stream}]))
+    if isinstance(urls, str) and Path(urls).is_dir() and not (Path(urls) / MANIFEST).is_file():
+        raise ValueError(f"folder {urls} has no {MANIFEST}: give the .tar files (a brace pattern) instead")
+    yield from tar_samples(shard_urls(urls)[0])
 
 
 def detect_kind(source: str) -> str:
