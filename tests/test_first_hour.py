@@ -128,21 +128,32 @@ def test_grey_images_at_the_model_size_train(home):
     assert "trained 2 steps" in r.stdout and "0 bad samples skipped" in r.stdout
 
 
-def test_ctrl_c_prints_one_line(home):
+@pytest.mark.parametrize("sig, group", [(signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, False)],
+                         ids=["ctrl-c", "ctrl-c-in-a-terminal", "sigterm"])
+def test_a_stop_signal_saves_and_prints_one_line(home, sig, group):
+    """Ctrl-C (to the trainer, or to its whole process group with its data workers, as a terminal
+    sends it) or SIGTERM: the step finishes, the state at that step is saved, one line says so."""
     recipe = str(RECIPES / "image" / "digits_ijepa_cpu.yaml")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    args = ["train", recipe, "train.max_steps=100000", "train.save_every=2", "data.num_workers=2",
+    args = ["train", recipe, "train.max_steps=100000", "train.save_every=3", "data.num_workers=2",
             *[a for a in TINY if not a.startswith("data.num_workers")]]
     proc = subprocess.Popen([*CMD, *args], cwd=home, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, start_new_session=True)
     ckpts = home / "runs" / "digits_ijepa_cpu" / "checkpoints"
     t0 = time.time()
     while not (ckpts.is_dir() and list(ckpts.glob("step_*"))) and time.time() - t0 < 180:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)  # land somewhere inside a later step
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
-    assert "Traceback" not in err
+    assert "Traceback" not in err, err[-3000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("mmjepa train: stopped at step ") and "last checkpoint: step " in last
     assert last.endswith("run the same command to resume")
+    stopped = int(last.split("stopped at step ")[1].split(";")[0])
+    saved = int(last.split("last checkpoint: step ")[1].split(" ")[0])
+    assert saved == stopped and (ckpts / f"step_{stopped:08d}").is_dir()  # nothing done is lost

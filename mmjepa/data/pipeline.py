@@ -37,6 +37,7 @@ from __future__ import annotations
 import collections
 import itertools
 import random
+import signal
 import warnings
 from typing import Any, Iterator
 
@@ -211,6 +212,9 @@ class DataPipeline:
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
+    # Ctrl-C in a terminal reaches the whole process group: the main process stops the run between
+    # steps (and shuts the workers down); a worker killed by it mid-batch would only break that.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class _EpochBatches(IterableDataset):

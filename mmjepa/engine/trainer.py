@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -45,6 +47,44 @@ from .recipe import Recipe, load_recipe, save_recipe
 
 class TrainingInterrupted(Exception):
     """The user stopped the run (Ctrl-C); the message says where and how to resume."""
+
+
+class StopRequest:
+    """Turns the first Ctrl-C (SIGINT) or SIGTERM into a request that the loop honours between steps.
+
+    A signal that lands mid-step (say while a DataLoader worker hands a batch over) would leave
+    half-finished work and tracebacks from the worker; instead the step finishes, the state is
+    saved and the run stops. A second Ctrl-C interrupts at once. Handlers are installed only in
+    the main thread (Python allows no other) and restored on exit.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+        signal.signal(signum, self._old.get(signum, signal.default_int_handler))  # a second one is immediate
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+    def requested(self, accelerator: Accelerator) -> bool:
+        """Whether any process was asked to stop (one small all-reduce per step when distributed)."""
+        if accelerator.num_processes == 1:
+            return self.signum is not None
+        flag = torch.tensor([0.0 if self.signum is None else 1.0], device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 
 
 class CollapseError(RuntimeError):
@@ -276,54 +316,59 @@ class Trainer:
         run_t0, first_step_done_t, steps_this_run = time.perf_counter(), None, 0
         last_ckpt = resumed
         export_dir = None
-        try:
-            while self.step < self.total_steps:
-                lr, wd, momentum = self.hyperparams(self.step)
-                logging = (self.step + 1) % t.log_every == 0 or self.step + 1 == self.total_steps
-                grad_norm = self.train_step([next(self.stream) for _ in range(t.grad_accum)], sums, monitor=logging)
-                steps_this_run += 1
-                self.samples_seen += self.samples_per_step
-                window_steps += 1
-                if first_step_done_t is None:
-                    first_step_done_t = time.perf_counter()
-                bar.update(1)
+        with StopRequest() as stop:
+            try:
+                while self.step < self.total_steps:
+                    lr, wd, momentum = self.hyperparams(self.step)
+                    logging = (self.step + 1) % t.log_every == 0 or self.step + 1 == self.total_steps
+                    grad_norm = self.train_step([next(self.stream) for _ in range(t.grad_accum)], sums, monitor=logging)
+                    steps_this_run += 1
+                    self.samples_seen += self.samples_per_step
+                    window_steps += 1
+                    if first_step_done_t is None:
+                        first_step_done_t = time.perf_counter()
+                    bar.update(1)
 
-                logs = None
-                if self.step % t.log_every == 0 or self.step == self.total_steps:
-                    logs = self._log(sums, window_steps, time.perf_counter() - window_t0, lr, wd, momentum, grad_norm)
-                    fallen = self.collapsed(logs)
-                    bar.set_postfix({k: logs[k] for k in ("loss", "samples_per_s") if k in logs}
-                                    | {k.split("/")[-1]: f"{v:.3f}" for k, v in logs.items() if k.endswith("pred_std")}
-                                    | ({"COLLAPSE": ",".join(f.split(" ")[0] for f in fallen)} if fallen else {}))
-                    sums, window_steps, window_t0 = {}, 0, time.perf_counter()
-                    if fallen:
-                        acc.print(f"mmjepa: warning: collapse at step {self.step}: {'; '.join(fallen)}")
-                        if t.stop_on_collapse:
+                    logs = None
+                    if self.step % t.log_every == 0 or self.step == self.total_steps:
+                        logs = self._log(sums, window_steps, time.perf_counter() - window_t0, lr, wd, momentum, grad_norm)
+                        fallen = self.collapsed(logs)
+                        bar.set_postfix({k: logs[k] for k in ("loss", "samples_per_s") if k in logs}
+                                        | {k.split("/")[-1]: f"{v:.3f}" for k, v in logs.items() if k.endswith("pred_std")}
+                                        | ({"COLLAPSE": ",".join(f.split(" ")[0] for f in fallen)} if fallen else {}))
+                        sums, window_steps, window_t0 = {}, 0, time.perf_counter()
+                        if fallen:
+                            acc.print(f"mmjepa: warning: collapse at step {self.step}: {'; '.join(fallen)}")
+                            if t.stop_on_collapse:
+                                last_ckpt = self.save_checkpoint()
+                                raise CollapseError(f"collapse at step {self.step}: {'; '.join(fallen)}; "
+                                                    f"stopped with the state saved in {last_ckpt}")
+                    if t.save_every and self.step % t.save_every == 0 and self.step < self.total_steps:
+                        last_ckpt = self.save_checkpoint()
+                    if t.export_every and self.step % t.export_every == 0 and self.step < self.total_steps:
+                        export_dir = self.export()
+                    for cb in self.callbacks:
+                        cb(self.step, logs)
+                    if stop.requested(acc) and self.step < self.total_steps:  # at the last step: finish
+                        if last_ckpt is None or checkpoint_step(last_ckpt) != self.step:
                             last_ckpt = self.save_checkpoint()
-                            raise CollapseError(f"collapse at step {self.step}: {'; '.join(fallen)}; "
-                                                f"stopped with the state saved in {last_ckpt}")
-                if t.save_every and self.step % t.save_every == 0 and self.step < self.total_steps:
-                    last_ckpt = self.save_checkpoint()
-                if t.export_every and self.step % t.export_every == 0 and self.step < self.total_steps:
-                    export_dir = self.export()
-                for cb in self.callbacks:
-                    cb(self.step, logs)
-            loop_end = time.perf_counter()  # throughput excludes the final save and export
-            last_ckpt = self.save_checkpoint()
-            export_dir = self.export(final=True)
-        except KeyboardInterrupt:
-            where = f"step {checkpoint_step(last_ckpt)} ({last_ckpt})" if last_ckpt is not None else "none yet"
-            raise TrainingInterrupted(f"stopped at step {self.step}; last checkpoint: {where}; run the same "
-                                      "command to resume") from None
-        except BaseException as err:
-            if acc.num_processes > 1:
-                print(f"mmjepa: rank {acc.process_index}: training stopped at step {self.step}: "
-                      f"{type(err).__name__}: {err} (if another process died, see its log)", file=sys.stderr,
-                      flush=True)
-            raise
-        finally:
-            bar.close()
-            self.stream.close()
+                        raise KeyboardInterrupt
+                loop_end = time.perf_counter()  # throughput excludes the final save and export
+                last_ckpt = self.save_checkpoint()
+                export_dir = self.export(final=True)
+            except KeyboardInterrupt:
+                where = f"step {checkpoint_step(last_ckpt)} ({last_ckpt})" if last_ckpt is not None else "none yet"
+                raise TrainingInterrupted(f"stopped at step {self.step}; last checkpoint: {where}; run the same "
+                                          "command to resume") from None
+            except BaseException as err:
+                if acc.num_processes > 1:
+                    print(f"mmjepa: rank {acc.process_index}: training stopped at step {self.step}: "
+                          f"{type(err).__name__}: {err} (if another process died, see its log)", file=sys.stderr,
+                          flush=True)
+                raise
+            finally:
+                bar.close()
+                self.stream.close()
         if acc.log_with:
             acc.end_training()
         end = time.perf_counter()
