@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench,retrieval]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench,retrieval,export]'
 	touch $(STAMP)
 
 test: $(STAMP)

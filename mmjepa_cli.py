@@ -157,6 +157,31 @@ def _search(p: argparse.ArgumentParser) -> None:
     _faiss_options(p, build=False)
 
 
+def _export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL_DIR",
+                   help="a folder written by save_pretrained / training's export (or a Hub id)")
+    p.add_argument("--modality", required=True, metavar="NAME", help="the modality whose embedding tower to export")
+    p.add_argument("--output", required=True, metavar="PATH", help="the file to write (.onnx, or .pt2 for torch)")
+    p.add_argument("--format", choices=("onnx", "torch"), default="onnx",
+                   help="onnx (default; needs pip install 'mmjepa[export]') or torch (a torch.export program)")
+    p.add_argument("--use-context-encoder", action="store_true",
+                   help="export the context encoder instead of the EMA target encoder (the default, as embed)")
+    p.add_argument("--tokens", action="store_true", help="also output the token latents (last_hidden_state)")
+    p.add_argument("--opset", type=int, default=None,
+                   help="onnx: the ONNX opset (default 20; 18-22 for a modality with a padding mask)")
+
+
+def _push(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL_DIR", help="a folder written by save_pretrained / training's export")
+    p.add_argument("repo_id", metavar="REPO_ID", help="the Hub repository, e.g. your-org/your-model (created if missing)")
+    p.add_argument("--metrics", metavar="JSON", default=None,
+                   help="evaluation results for the model card (default: metrics.json in the folder, if any)")
+    p.add_argument("--license", default="apache-2.0", help="the model card's license field (default apache-2.0)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--token", default=None, help="a Hub token (default: the one `hf auth login` stored)")
+    p.add_argument("--dry-run", action="store_true", help="write the model card and list what would be uploaded")
+
+
 def _tokenizer(p: argparse.ArgumentParser) -> None:
     tr = _subcommands(p, "task")("train", help="train on text files and save as a transformers tokenizer")
     tr.add_argument("--input", nargs="+", required=True, metavar="FILE", help="plain-text training files")
@@ -233,6 +258,33 @@ def _bench(p: argparse.ArgumentParser) -> None:
     qp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
 
 
+def _convert(p: argparse.ArgumentParser) -> None:
+    add = _subcommands(p, "task")
+    ij = add("ijepa", help="an I-JEPA checkpoint -> a trainable mmjepa image model folder",
+             description="Convert an I-JEPA checkpoint into a complete mmjepa image model (save_pretrained). "
+                         "An official .pth.tar (facebookresearch/ijepa) gives the context encoder, the EMA "
+                         "target encoder and the predictor (read with torch.load(weights_only=True) only; the "
+                         "optimizer state is not converted); a transformers IJepaModel holds the encoder only: "
+                         "it becomes both encoders and the predictor is freshly initialised.")
+    ij.add_argument("source", metavar="SOURCE",
+                    help="an official I-JEPA .pth.tar, or a transformers IJepaModel folder or Hub id")
+    ij.add_argument("--output", required=True, metavar="DIR", help="the mmjepa model folder to write")
+    ij.add_argument("--num-heads", type=int, default=None,
+                    help="official checkpoints: attention heads of the encoders and predictor (not in the "
+                         "tensor shapes; default: the published value for the width, e.g. 16 for ViT-H)")
+    ij.add_argument("--image-size", type=int, default=None,
+                    help="input size of the converted model (default: the checkpoint's); the fixed sin-cos "
+                         "position tables are computed for the new grid")
+    ij.add_argument("--no-predictor", action="store_true",
+                    help="official checkpoints: convert the encoders only and initialise a fresh predictor "
+                         "(needed for ViT-g, whose predictor MLP ratio differs from its encoder's)")
+    th = add("to-hf", help="an mmjepa image model folder -> a transformers IJepaModel folder")
+    th.add_argument("model", metavar="MODEL_DIR", help="a folder written by save_pretrained (or a Hub id)")
+    th.add_argument("--output", required=True, metavar="DIR", help="the IJepaModel folder to write")
+    th.add_argument("--use-context-encoder", action="store_true",
+                    help="export the context encoder instead of the EMA target encoder (the default)")
+
+
 # command -> (help, define arguments, implementation "module:function" taking the parsed arguments)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] = {
     "shards": ("build WebDataset shards from a folder / CSV / JSONL / HF dataset", _shards, "mmjepa.shards:run"),
@@ -242,10 +294,16 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] 
               "mmjepa.retrieval.command:run_embed"),
     "search": ("search a gallery written by `mmjepa embed` with text, image or audio queries", _search,
                "mmjepa.retrieval.command:run_search"),
+    "export": ("export a modality's embedding tower to ONNX or torch.export: export MODEL_DIR --modality NAME "
+               "--output PATH", _export, "mmjepa.export:run"),
     "tokenizer": ("train a SentencePiece-style tokenizer: tokenizer train ...", _tokenizer, "mmjepa.tokenizer:run"),
     "demo": ("the tri-modal quickstart on spoken digits: train ~5 minutes on a CPU, retrieve, draw a report",
              _demo, "mmjepa.demo:run"),
     "bench": ("benchmarks: speed | data | retrieval | quality", _bench, "mmjepa.bench.cli:run"),
+    "push": ("upload a model folder (weights, processor, model card) to the Hugging Face Hub: push MODEL_DIR "
+             "REPO_ID", _push, "mmjepa.models.saving:run_push"),
+    "convert": ("convert checkpoints: ijepa (official .pth.tar or IJepaModel -> mmjepa) | to-hf (mmjepa -> "
+                "IJepaModel)", _convert, "mmjepa.convert_command:run"),
 }
 
 

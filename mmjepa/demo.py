@@ -32,7 +32,6 @@ from .eval.crossmodal import evaluate_retrieval, zeroshot_classify
 from .eval.probe import linear_probe, probe_dataset
 from .models import MMJepaModel
 from .plot import line_plot, plt
-from .processing import MMJepaProcessor
 from .recipes import recipe_path
 from .retrieval.items import embed_items
 
@@ -168,9 +167,6 @@ def run_trimodal_demo(output: str | Path = "demo_output", steps: int = 100, over
     result = train(recipe)
     train_s = time.time() - t0
     model = result.model.eval()
-    model.save_pretrained(output / "model")
-    # the tokenizer beside the weights (AutoTokenizer.from_pretrained("demo_output/model") loads it)
-    MMJepaProcessor.from_config(model.config).processors["text"].tokenizer.save_pretrained(output / "model")
     items = test_items()
     metrics: dict[str, Any] = {"steps": result.steps, "train_seconds": round(train_s, 1),
                                "train_samples_per_s": round(result.train_samples_per_s, 1), "chance_r1": 0.1}
@@ -179,6 +175,9 @@ def run_trimodal_demo(output: str | Path = "demo_output", steps: int = 100, over
     random = evaluate(MMJepaModel(model.config), items)
     metrics["random_init"] = {k: v for k, v in random.items() if not k.endswith("_predicted")}
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    # weights, processor (tokenizer included) and a model card with these metrics: AutoModel /
+    # AutoProcessor.from_pretrained("demo_output/model") load them
+    model.save_pretrained(output / "model", metrics={k: v for k, v in metrics.items() if not isinstance(v, dict)})
     write_report(output / "demo_report.png", result.history, model, items, metrics)
     return metrics
 

@@ -11,10 +11,8 @@ encoders' attention ignores them and the mask samplers never pick them.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import io
-import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -24,11 +22,13 @@ import soundfile as sf
 import torch
 from torchaudio.compliance import kaldi
 from torchaudio.functional import resample
+from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
+from transformers.feature_extraction_utils import BatchFeature
 
 from mmjepa.layers import masked_mean
 from mmjepa.masking import MultiBlock2D, pack_indices
 
-from .base import GridPatchEmbed, Modality, pair, register_modality
+from .base import GridPatchEmbed, Modality, options_of, pair, register_modality
 
 AST_MEAN, AST_STD = -4.2677393, 4.5689974  # AudioSet log-mel statistics used by AST
 
@@ -39,7 +39,7 @@ class AudioConfig:
 
     ``max_freq_hz`` caps the mel filters (e.g. 4000 for 8 kHz recordings, whose upper half is
     empty). ``mean`` / ``std`` normalise the log-mel features; compute them for a dataset with
-    :func:`compute_normalization_stats` (or ``python -m mmjepa.modalities.audio stats FILE...``).
+    :func:`compute_normalization_stats` (or ``python -m mmjepa.modalities.audio_stats stats FILE...``).
     ``padding``: ``"mask"`` marks the tokens of padded frames invalid, ``"zeros"`` treats the
     zero padding as signal (every token valid). ``mask``: ``"tf_blocks"`` (A-JEPA-style blocks that
     span all frequencies over a time range, or all time over a frequency range) or ``"multiblock"``
@@ -150,12 +150,21 @@ def _to_mono(x: torch.Tensor, channels_last: bool | None) -> torch.Tensor:
     return x.mean(1) if channels_last else x.mean(0)
 
 
-class AudioProcessor:
+class MMJepaAudioFeatureExtractor(SequenceFeatureExtractor):
     """Audio -> ``input_features`` (B, num_mel_bins, max_frames) float32, normalised log-mel, and
-    (``padding="mask"``) ``input_features_valid`` (B, N) bool over the patch tokens."""
+    (``padding="mask"``) ``input_features_valid`` (B, N) bool over the patch tokens.
 
-    def __init__(self, cfg: AudioConfig | None = None, **overrides):
-        self.cfg = cfg or AudioConfig(**overrides)
+    A transformers feature extractor: ``save_pretrained`` / ``from_pretrained`` /
+    ``AutoFeatureExtractor.from_pretrained`` (after ``import mmjepa``) keep its options — the audio
+    modality's (:class:`AudioConfig`), the normalisation statistics it was fitted with included.
+    """
+
+    model_input_names = ["input_features", "input_features_valid"]
+
+    def __init__(self, cfg: AudioConfig | None = None, **options):
+        cfg = cfg or AudioConfig(**options_of(AudioConfig, options))
+        super().__init__(feature_size=cfg.num_mel_bins, sampling_rate=cfg.sample_rate, padding_value=0.0)
+        self.cfg = cfg
 
     def waveform(self, audio: Any, sampling_rate: int | None = None) -> torch.Tensor:
         """Decode, mix to mono, check, and resample to ``cfg.sample_rate`` -> (n,) float32."""
@@ -209,7 +218,14 @@ class AudioProcessor:
         out = {"input_features": torch.stack(feats)}
         if self.cfg.padding == "mask":
             out["input_features_valid"] = torch.stack(valid)
-        return out
+        return BatchFeature(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options (what ``save_pretrained`` writes), JSON-ready."""
+        return {**dataclasses.asdict(self.cfg), "feature_extractor_type": type(self).__name__}
+
+
+AudioProcessor = MMJepaAudioFeatureExtractor  # the name used inside mmjepa
 
 
 def compute_normalization_stats(clips: Iterable[Any], cfg: AudioConfig | None = None,
@@ -417,6 +433,7 @@ class AudioModality(Modality):
     embed_class = AudioPatchEmbed
     processor_class = AudioProcessor
     processor_arg = "audio"
+    hf_role = "feature_extractor"
     processor_kwargs = ("sampling_rate",)
     extensions = ("wav", "flac", "ogg", "mp3")
     sample_keys = ("input_features_valid",)
@@ -462,20 +479,3 @@ class AudioModality(Modality):
         v = None if valid is None else valid.unflatten(1, grid)
         return masked_mean(h.unflatten(1, grid), v, dim=2).flatten(1)  # (B, F*D)
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m mmjepa.modalities.audio stats FILE... [--sample-rate 16000]``: print the log-mel
-    mean/std to use as ``AudioConfig(mean=..., std=...)``."""
-    parser = argparse.ArgumentParser(prog="python -m mmjepa.modalities.audio")
-    sub = parser.add_subparsers(dest="command", required=True)
-    st = sub.add_parser("stats", help="log-mel normalisation statistics of audio files")
-    st.add_argument("files", nargs="+")
-    st.add_argument("--num-mel-bins", type=int, default=128)
-    args = parser.parse_args(argv)
-    mean, std = compute_normalization_stats(args.files, AudioConfig(num_mel_bins=args.num_mel_bins))
-    print(json.dumps({"mean": mean, "std": std}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,6 +13,9 @@ adding a modality (video, depth, a 1-D sensor) touches no core file. A plug-in o
 - processing: ``processor_class`` and, for ``MMJepaProcessor(...)``, its keyword
   ``processor_arg`` (``images=``) and extra keywords ``processor_kwargs`` (``sampling_rate=``);
   ``takes_strings`` when plain strings are its raw values (zero-shot prompts, typed queries);
+  ``hf_role``, the transformers processor role its processor plays in a saved folder
+  (``image_processor``, ``feature_extractor`` or ``tokenizer``; None: rebuilt from the model's
+  options), with :meth:`hf_object` / :meth:`from_hf_object` to go between the two;
 - tokens: ``embed_class``, an ``nn.Module`` (cfg, dim, add_positions) that maps the model input to
   (B, N, D) tokens with fixed positions added, exposing ``num_tokens``, ``coords`` (an (N, ndim)
   integer grid buffer, for RoPE), ``grid_coords()`` and ``position_table(dim)``;
@@ -34,6 +37,7 @@ or simply by importing a module that calls :func:`register_modality`.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Sequence
@@ -62,6 +66,7 @@ class Modality:
     processor_kwargs: ClassVar[tuple[str, ...]] = ()  # extra keywords routed to this processor
     extensions: ClassVar[tuple[str, ...]] = ()  # file extensions decode() understands, lower case
     takes_strings: ClassVar[bool] = False  # its processor takes plain strings (prompts, typed queries)
+    hf_role: ClassVar[str | None] = None  # "image_processor" | "feature_extractor" | "tokenizer" | None
     sample_keys: ClassVar[tuple[str, ...]] = ()  # per-sample keys collate() reads besides input_key
     default_objectives: ClassVar[dict[str, dict[str, Any]]] = {}
 
@@ -97,6 +102,17 @@ class Modality:
         return cls.processor_class(cfg, **kwargs)
 
     @classmethod
+    def hf_object(cls, processor: Any) -> Any:
+        """The transformers object that ``save_pretrained`` writes for this modality's processor
+        (its ``hf_role``). Default: the processor itself (an image processor / feature extractor)."""
+        return processor
+
+    @classmethod
+    def from_hf_object(cls, cfg: Any, obj: Any) -> Any:
+        """The inverse of :meth:`hf_object`: a loaded transformers object -> this modality's processor."""
+        return obj
+
+    @classmethod
     def build_mask_sampler(cls, cfg: Any) -> Any:
         raise NotImplementedError(f"the {cls.name} modality defines no mask sampler")
 
@@ -119,6 +135,16 @@ class Modality:
     def probe_features(cls, h: torch.Tensor, valid: torch.Tensor | None, cfg: Any) -> torch.Tensor:
         """Token latents (B, N, D) -> the features a frozen linear probe fits (B, F). Default: :meth:`pool`."""
         return cls.pool(h, valid, cfg)
+
+
+def options_of(config_class: type, saved: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``saved`` (a processor's saved dict) that are options of ``config_class``;
+    the bookkeeping keys transformers adds (``image_processor_type``, ``processor_class``...) are dropped."""
+    names = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(k for k in saved if k not in names and not k.endswith(("_type", "processor_class")))
+    if unknown:
+        raise ValueError(f"unknown {config_class.__name__} option(s) {unknown}")
+    return {k: v for k, v in saved.items() if k in names}
 
 
 def pair(x: int | Sequence[int]) -> tuple[int, int]:

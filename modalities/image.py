@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +12,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_processing_utils import BaseImageProcessor
 
 from mmjepa.masking import MultiBlock2D, RandomPatch
 
-from .base import GridPatchEmbed, Modality, pair, register_modality
+from .base import GridPatchEmbed, Modality, options_of, pair, register_modality
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -140,7 +143,7 @@ class PatchEmbed(GridPatchEmbed):
         return self.tokens(pixel_values)
 
 
-class ImageProcessor:
+class MMJepaImageProcessor(BaseImageProcessor):
     """Turns images into normalised ``pixel_values`` (B, C, H, W) float32.
 
     Accepts a file path (str / Path), encoded bytes, a PIL image of any mode, a numpy array
@@ -148,10 +151,17 @@ class ImageProcessor:
     a torch tensor (same layouts, or a (B, C, H, W) batch), or a list of these. Any mode becomes
     the configured channels (transparent pixels are composited on ``background``), then the image
     is resized (shortest edge + centre crop, or exact) and normalised.
+
+    A transformers image processor: ``save_pretrained`` / ``from_pretrained`` /
+    ``AutoImageProcessor.from_pretrained`` (after ``import mmjepa``) keep its options, which are the
+    image modality's (:class:`ImageConfig`).
     """
 
-    def __init__(self, cfg: ImageConfig | None = None, train: bool = False, **overrides):
-        self.cfg = cfg or ImageConfig(**overrides)
+    model_input_names = ["pixel_values"]
+
+    def __init__(self, cfg: ImageConfig | None = None, train: bool = False, **options):
+        super().__init__()
+        self.cfg = cfg or ImageConfig(**options_of(ImageConfig, options))
         # with ``train`` the configured augmentation applies (drawn from the generator each call gets)
         self.augments = train and (self.cfg.crop_scale is not None or self.cfg.hflip)
         self.size = pair(self.cfg.image_size)
@@ -273,7 +283,14 @@ class ImageProcessor:
             images = [images]
         if len(images) == 0:
             raise ValueError("no images given")
-        return {"pixel_values": torch.stack([self.preprocess(im, generator) for im in images])}
+        return BatchFeature({"pixel_values": torch.stack([self.preprocess(im, generator) for im in images])})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options (what ``save_pretrained`` writes), JSON-ready."""
+        return {**dataclasses.asdict(self.cfg), "image_processor_type": type(self).__name__}
+
+
+ImageProcessor = MMJepaImageProcessor  # the name used inside mmjepa
 
 
 @register_modality
@@ -284,6 +301,7 @@ class ImageModality(Modality):
     embed_class = PatchEmbed
     processor_class = ImageProcessor
     processor_arg = "images"
+    hf_role = "image_processor"
     extensions = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 
     @classmethod

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 from transformers import AutoTokenizer
+from transformers.feature_extraction_utils import BatchFeature
 from transformers import initialization as init
 
 from mmjepa.layers import sincos_1d
@@ -169,7 +170,7 @@ class TextProcessor:
                 raise ValueError("text is empty")
         enc = tok(texts, add_special_tokens=add_special_tokens, truncation=True, max_length=self.cfg.max_length,
                   padding="max_length", return_tensors="pt")
-        return {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()}
+        return BatchFeature({"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()})
 
 
 @register_modality
@@ -180,6 +181,7 @@ class TextModality(Modality):
     embed_class = TokenEmbed
     processor_class = TextProcessor
     processor_arg = "text"
+    hf_role = "tokenizer"
     extensions = ("txt", "text")
     takes_strings = True
     sample_keys = ("attention_mask",)
@@ -200,8 +202,22 @@ class TextModality(Modality):
         if not cfg.tokenizer:
             return {}
         tok = load_tokenizer(cfg.tokenizer)
-        check_tokenizer(cfg, tok)
+        try:
+            check_tokenizer(cfg, tok)
+        except ValueError as err:  # say what fits (a pretrained encoder's tokenizer has its own ids)
+            if "fingerprint" in str(err):
+                raise
+            raise ValueError(f"{err}: set vocab_size: {len(tok)}, pad_token_id: {tok.pad_token_id}, mask_token_id: "
+                             f"{tok.mask_token_id} (the tokenizer's)") from None
         return {"vocab_fingerprint": vocab_fingerprint(tok)}
+
+    @classmethod
+    def hf_object(cls, processor: TextProcessor) -> Any:
+        return processor.tokenizer  # None when the processor has none: nothing is saved
+
+    @classmethod
+    def from_hf_object(cls, cfg: TextConfig, obj: Any) -> TextProcessor:
+        return TextProcessor(cfg, tokenizer=obj)
 
     @classmethod
     def build_mask_sampler(cls, cfg: TextConfig) -> SpanMasking:

@@ -210,10 +210,10 @@ def test_audio_trains_through_the_core(mask):
 
 
 def test_stats_command_runs_without_a_runtime_warning(tmp_path):
-    """``python -m mmjepa.modalities.audio stats`` (the plug-ins are imported on first use, so the
-    module is not already imported when it runs as __main__)."""
+    """``python -m mmjepa.modalities.audio_stats stats`` (a module that ``import mmjepa`` does not
+    import, so it is not already imported when it runs as __main__)."""
     sf.write(tmp_path / "a.wav", tone(0.5), SR)
-    r = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "mmjepa.modalities.audio", "stats",
+    r = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "mmjepa.modalities.audio_stats", "stats",
                         str(tmp_path / "a.wav"), "--num-mel-bins", "32"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "RuntimeWarning" not in r.stderr and '"mean"' in r.stdout

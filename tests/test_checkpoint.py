@@ -82,8 +82,9 @@ def test_export_is_written_aside_then_renamed(tmp_path, acc_model):
     mgr = CheckpointManager(acc, tmp_path / "run")
     seen = {}
 
-    def save(folder, state_dict):
-        os.makedirs(folder)
+    def save(folder, state_dict):  # the recipe is already there, for the model card
+        assert (folder / "recipe.yaml").is_file() and (folder / "training_state.json").is_file()
+        os.makedirs(folder, exist_ok=True)
         seen.update(folder=folder, keys=sorted(state_dict))
         torch.save(state_dict, folder / "weights.pt")
 

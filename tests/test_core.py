@@ -194,6 +194,21 @@ def test_rope_variant_trains(tiny_config):
     assert model.encoders["image"].embed.proj.weight.grad is not None
 
 
+def test_rope_text_shorter_than_max_length_encodes_as_padded():
+    """RoPE positions of a text shorter than ``max_length`` are its first ones: the same latents as
+    the padded text with its padding masked."""
+    config = MMJepaConfig(modalities={"text": {"vocab_size": 50, "max_length": 12}}, hidden_size=32,
+                          num_hidden_layers=1, num_attention_heads=2, predictor_hidden_size=16,
+                          predictor_num_hidden_layers=1, predictor_num_attention_heads=2, position_embedding="rope")
+    model = MMJepaModel(config).eval()
+    ids = torch.randint(5, 50, (2, 12))
+    mask = torch.zeros(2, 12, dtype=torch.long)
+    mask[:, :7] = 1
+    short = model.encode(input_ids=ids[:, :7])["text"]  # (2, 7, D)
+    padded = model.encode(input_ids=ids, attention_mask=mask)["text"]
+    assert short.shape == (2, 7, 32) and torch.allclose(short, padded[:, :7], atol=1e-5)
+
+
 def test_save_load_round_trip(tmp_path, tiny_config):
     from transformers import AutoModel
 

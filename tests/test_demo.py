@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
@@ -30,3 +32,18 @@ def test_the_demo_on_a_tiny_budget_writes_every_artifact(tmp_path):
     assert model.modality_names and set(model.modality_names) == {"image", "audio", "text"}
     tokenizer = AutoTokenizer.from_pretrained(out / "model")  # saved beside the weights
     assert tokenizer("the number seven")["input_ids"]
+    card = (out / "model" / "README.md").read_text()
+    assert f"| text_to_image_r1 | {metrics['text_to_image_r1']:.4g} |" in card  # the card has the metrics
+
+
+@pytest.mark.skipif(shared_data_dir(required=False) is None, reason="needs the shared data folder (FSDD)")
+def test_the_readme_example_after_the_demo_runs(tmp_path, monkeypatch):
+    """The README's second example, as written (but the upload), on what a tiny demo saved."""
+    run_trimodal_demo(tmp_path / "demo_output", steps=1, overrides=TINY, progress=False)
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", text, re.S)[1]
+    code = "\n".join(line for line in code.splitlines() if "push_to_hub" not in line)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["emb"].shape == (1, 32) and len(scope["hits"][0]) == 5

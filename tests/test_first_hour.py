@@ -49,7 +49,7 @@ def test_help_tells_the_truth_and_imports_no_torch(home):
     top = mmjepa(home, "--help")
     assert top.returncode == 0
     listed = commands(top.stdout)
-    assert listed == ["shards", "train", "eval", "embed", "search", "tokenizer", "demo", "bench"]
+    assert listed == ["shards", "train", "eval", "embed", "search", "export", "tokenizer", "demo", "bench", "push", "convert"]
     for name in listed:  # every listed command exists and answers --help
         r = mmjepa(home, name, "--help")
         assert r.returncode == 0 and r.stdout.startswith(f"usage: mmjepa {name}"), (name, r.stderr)

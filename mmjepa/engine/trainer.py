@@ -40,6 +40,7 @@ from ..data import DataPipeline, DataStream, model_inputs
 from ..layers import Transformer
 from ..modalities import get_modality
 from ..models import MMJepaConfig, MMJepaModel
+from ..models.backbone import HFBackboneEncoder, resolve_backbones
 from .checkpoint import CheckpointManager, checkpoint_step
 from .optim import build_optimizer, cosine, cosine_with_warmup, set_hyperparams
 from .recipe import Recipe, load_recipe, save_recipe
@@ -138,6 +139,10 @@ def resolve_model_config(config: MMJepaConfig) -> MMJepaConfig:
         except ValueError as err:
             raise ValueError(f"model.modalities.{name}: {err}") from None
     config.validate_values()
+    try:  # Hugging Face backbones: their whole config, checked against the modalities' options
+        resolve_backbones(config)
+    except ValueError as err:
+        raise ValueError(f"model.{err}") from None
     return config
 
 
@@ -226,8 +231,9 @@ class Trainer:
             model = MMJepaModel.from_pretrained(self.recipe.model.pretrained, config=self.config)
         else:
             model = MMJepaModel(self.config)
+            model.load_backbones()  # pretrained Hugging Face encoders (context and target), if any
         for m in model.modules():
-            if isinstance(m, Transformer):
+            if isinstance(m, (Transformer, HFBackboneEncoder)):
                 m.gradient_checkpointing = t.gradient_checkpointing
         optimizer = build_optimizer(model, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), fused=o.fused)
         if t.compile:

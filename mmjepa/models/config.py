@@ -8,7 +8,9 @@ from typing import Any
 from transformers import PreTrainedConfig
 
 from ..modalities import get_modality
+from ..processing import HERE, path_options
 from ..objectives import get_objective, objective_config
+from .backbone import check_entry
 
 # width, depth, heads of the encoders; width, depth, heads of the predictor
 PRESETS: dict[str, dict[str, int]] = {
@@ -23,6 +25,7 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 POSITIONS = ("sincos", "rope")
+CONTENTS = ("full", "embedding")
 
 
 class MMJepaConfig(PreTrainedConfig):
@@ -43,6 +46,24 @@ class MMJepaConfig(PreTrainedConfig):
             latent prediction) plus the defaults of the modalities (a text model adds ``readout``).
         ema_momentum_start, ema_momentum_end: the target encoders' EMA momentum, scheduled linearly.
         initializer_range: std of the truncated-normal weight init.
+        predictor_modalities: the order of the predictor's modality-embedding rows; None: the order
+            of ``modalities``. Saved as a list (``config.json`` sorts the keys of ``modalities``),
+            and kept by :meth:`subset` so that a model loaded with only some of its modalities keeps
+            the full model's rows.
+        checkpoint_contents: ``"full"`` (encoders, EMA targets, predictor, objectives' heads: what
+            continued training needs) or ``"embedding"`` (EMA targets and centres only: what
+            embedding needs), as written by ``save_pretrained(..., embedding_only=...)``.
+        backbones: modality name -> a Hugging Face transformers model used as that modality's
+            encoder instead of mmjepa's own (``{"pretrained": folder | Hub id | "pkg:PACKAGE/folder",
+            "config": {...}}``; see ``mmjepa.models.backbone``). Its width may differ from
+            ``hidden_size`` (a Linear projects to it); ``num_hidden_layers`` etc. then concern the
+            other modalities only. The whole transformers config is filled in when the model is
+            built, so a saved model needs no pretrained folder; the weights are loaded by
+            ``MMJepaModel.load_backbones`` (or ``MMJepaModel.from_backbones``, or the trainer).
+
+    Masks are not part of a checkpoint: each modality's options (``modalities[m]``: ``mask``,
+    ``num_targets``, scales...) say how the collator samples them during training, as index tensors
+    of the tokens each context and target block keeps (see ``mmjepa.masking``).
     """
 
     model_type = "mmjepa"
@@ -64,6 +85,9 @@ class MMJepaConfig(PreTrainedConfig):
         ema_momentum_start: float = 0.996,
         ema_momentum_end: float = 1.0,
         initializer_range: float = 0.02,
+        predictor_modalities: list[str] | None = None,
+        checkpoint_contents: str = "full",
+        backbones: dict[str, dict[str, Any]] | None = None,
         **kwargs,
     ):
         self.modalities = {k: dict(v or {}) for k, v in (modalities or {}).items()}
@@ -81,6 +105,10 @@ class MMJepaConfig(PreTrainedConfig):
         self.ema_momentum_start = ema_momentum_start
         self.ema_momentum_end = ema_momentum_end
         self.initializer_range = initializer_range
+        # written out as a list: config.json sorts the keys of ``modalities``, the rows keep their order
+        self.predictor_modalities = list(predictor_modalities or self.modalities)
+        self.checkpoint_contents = checkpoint_contents
+        self.backbones = {k: dict(v) if isinstance(v, dict) else v for k, v in (backbones or {}).items()}
         super().__init__(**kwargs)
         self.validate_values()
 
@@ -106,6 +134,15 @@ class MMJepaConfig(PreTrainedConfig):
                 get_modality(name).make_config(opts)  # unknown modality or option -> ValueError
             except (ValueError, TypeError) as err:
                 raise ValueError(f"modalities.{name}: {err}") from None
+        if not set(self.modalities) <= set(self.predictor_modalities):
+            raise ValueError(f"predictor_modalities {self.predictor_modalities} must include every modality "
+                             f"{list(self.modalities)}")
+        if self.checkpoint_contents not in CONTENTS:
+            raise ValueError(f"checkpoint_contents must be one of {CONTENTS}, got {self.checkpoint_contents!r}")
+        for name, entry in self.backbones.items():
+            if name not in self.modalities:
+                raise ValueError(f"backbones.{name}: the model has no {name!r} modality (it has {list(self.modalities)})")
+            check_entry(name, entry)
         if not self.objectives:
             raise ValueError("objectives must name at least one objective")
         for name, opts in self.objectives.items():
@@ -134,6 +171,44 @@ class MMJepaConfig(PreTrainedConfig):
         if name not in self.modalities:
             raise ValueError(f"this model has no {name!r} modality (it has {list(self.modalities)})")
         return get_modality(name).make_config(self.modalities[name])
+
+    def subset(self, modalities: list[str]) -> "MMJepaConfig":
+        """This config with only ``modalities`` (and the objectives that still apply to them); the
+        predictor keeps the full model's modality rows (``predictor_modalities``)."""
+        modalities = list(modalities)
+        unknown = [m for m in modalities if m not in self.modalities]
+        if unknown or not modalities:
+            raise ValueError(f"modalities={modalities}: this model has {list(self.modalities)}")
+        base = self.to_dict()
+        for key in ("model_type", "transformers_version", "architectures"):
+            base.pop(key, None)
+        base["modalities"] = {m: self.modalities[m] for m in modalities}
+        base["backbones"] = {m: e for m, e in self.backbones.items() if m in modalities}
+        base["predictor_modalities"] = self.predictor_modalities
+        kept = {}
+        for name, opts in self.objectives.items():
+            try:
+                type(self)(**{**base, "objectives": {name: opts}})
+            except ValueError:
+                continue  # it needs a modality left out
+            kept[name] = opts
+        return type(self)(**{**base, "objectives": kept or {"intra": {}}})
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "MMJepaConfig":
+        """``PreTrainedConfig.from_pretrained``, with the modality options that name files saved in
+        the folder (written as ``"."`` by ``save_pretrained``) pointing at that folder or Hub id."""
+        out = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        (out[0] if isinstance(out, tuple) else out).resolve_saved_paths(pretrained_model_name_or_path)
+        return out
+
+    def resolve_saved_paths(self, ref: Any) -> None:
+        """Point the modality options saved as ``"."`` (files saved in the model's folder) at
+        ``ref``, the folder or Hub id the config was loaded from."""
+        for name, opts in self.modalities.items():
+            for key in path_options(get_modality(name).config_class):
+                if opts.get(key) == HERE:
+                    opts[key] = str(ref)
 
     @classmethod
     def from_preset(cls, preset: str, **overrides) -> "MMJepaConfig":

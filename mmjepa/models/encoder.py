@@ -37,7 +37,7 @@ class Encoder(nn.Module):
         # (B, N, D); made contiguous once: a patch embedding's (B, D, N) -> (B, N, D) transpose would
         # otherwise carry its strided layout through every residual add and make each LayerNorm copy
         x = self.embed(inputs).contiguous()
-        coords = self.embed.coords if self.rope is not None else None  # (N, ndim)
+        coords = self.embed.coords[: x.shape[1]] if self.rope is not None else None  # (N, ndim); a shorter text: its first N
         if keep is not None:
             x = gather_tokens(x, keep)  # (B, K, D)
             if coords is not None:

@@ -26,11 +26,13 @@ from transformers.utils import ModelOutput
 from ..layers import Transformer, gather_tokens, masked_mean
 from ..modalities import get_modality
 from ..objectives import PooledPrediction, build_objectives
+from .backbone import BackboneTokens, HFBackboneEncoder, hf_config, resolve_backbones
 from .config import MMJepaConfig
 from .ema import ema_update, momentum_at
 from .encoder import Encoder
 from .monitors import collapse_monitors
 from .predictor import Predictor
+from .saving import SavingMixin
 
 
 class EmbeddingCenters(nn.Module):
@@ -121,6 +123,8 @@ class MMJepaPreTrainedModel(PreTrainedModel):
                 for layer_id, blk in enumerate(module.blocks, start=1):
                     for w in (blk.attn.proj.weight, blk.mlp.fc2.weight):
                         init.copy_(w, w / math.sqrt(2.0 * layer_id))
+            elif isinstance(module, BackboneTokens):  # no parameters: transformers' init may skip it
+                module.reset_buffers()
         if isinstance(self, MMJepaModel):  # the EMA targets start as exact copies of the encoders
             for name in self.encoders:
                 src = self.encoders[name].state_dict()
@@ -128,7 +132,7 @@ class MMJepaPreTrainedModel(PreTrainedModel):
                     init.copy_(t, src[key])
 
 
-class MMJepaModel(MMJepaPreTrainedModel):
+class MMJepaModel(SavingMixin, MMJepaPreTrainedModel):
     """Multimodal JEPA.
 
     - ``encoders[m]``: context encoder of modality m, sees only the visible tokens;
@@ -137,6 +141,11 @@ class MMJepaModel(MMJepaPreTrainedModel):
     - ``predictor``: one narrow transformer that predicts target latents of any modality from the
       context latents of all modalities present;
     - ``objectives``: the losses (``mmjepa.objectives``), with their own parameters (e.g. a readout head).
+
+    A modality named in ``config.backbones`` gets a Hugging Face model as its encoder
+    (:class:`~mmjepa.models.backbone.HFBackboneEncoder`); ``MMJepaModel(config)`` builds it from
+    its config with random weights, :meth:`load_backbones` (or :meth:`from_backbones`) loads the
+    pretrained ones into the encoder and its target.
     """
 
     def __init__(self, config: MMJepaConfig):
@@ -145,6 +154,8 @@ class MMJepaModel(MMJepaPreTrainedModel):
             raise ValueError("the config names no modality: give MMJepaConfig(modalities={name: options, ...}), "
                              "e.g. {\"image\": {\"image_size\": 224, \"patch_size\": 16}}")
         self.modality_names = list(config.modalities)
+        if config.backbones:
+            resolve_backbones(config)  # the whole transformers config of each, saved with the model
         self.main_input_name = get_modality(self.modality_names[0]).input_key
         self.encoders = nn.ModuleDict({m: self._encoder(m) for m in self.modality_names})
         self.target_encoders = nn.ModuleDict({m: self._encoder(m) for m in self.modality_names})
@@ -153,16 +164,50 @@ class MMJepaModel(MMJepaPreTrainedModel):
         self.predictor = Predictor(c.hidden_size, c.predictor_hidden_size, c.predictor_num_hidden_layers,
                                    c.predictor_num_attention_heads,
                                    {m: enc.embed for m, enc in self.encoders.items()}, c.mlp_ratio,
-                                   c.qkv_bias, c.layer_norm_eps, rope=c.position_embedding == "rope")
+                                   c.qkv_bias, c.layer_norm_eps, rope=c.position_embedding == "rope",
+                                   modality_order=c.predictor_modalities)
         self.objectives = build_objectives(config)
         self.centers = EmbeddingCenters(self.modality_names, config.hidden_size)
         self.post_init()
 
-    def _encoder(self, name: str) -> Encoder:
+    def _encoder(self, name: str) -> Encoder | HFBackboneEncoder:
         c, rope = self.config, self.config.position_embedding == "rope"
+        if name in c.backbones:  # the plug-in's embed only lends its token grid (a narrow one: it is not kept)
+            grid = get_modality(name).build_embed(c.modality_config(name), 4, add_positions=False)
+            return HFBackboneEncoder(hf_config(c.backbones[name]), grid, c.hidden_size, name, c.modality_config(name))
         embed = get_modality(name).build_embed(c.modality_config(name), c.hidden_size, add_positions=not rope)
         return Encoder(embed, c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.mlp_ratio, c.qkv_bias,
                        c.layer_norm_eps, rope=rope)
+
+    # ------------------------------------------------------------------ pretrained backbones
+    @classmethod
+    def from_backbones(cls, config: MMJepaConfig) -> "MMJepaModel":
+        """A new model whose backbone encoders (``config.backbones``) start from their pretrained
+        weights, context and target alike; everything else is initialised as ``MMJepaModel(config)``."""
+        model = cls(config)
+        model.load_backbones()
+        return model
+
+    @torch.no_grad()
+    def load_backbones(self) -> list[str]:
+        """Load each ``config.backbones`` entry's ``pretrained`` weights into its context encoder and
+        copy that encoder into the EMA target (the projection to D, when there is one, too);
+        returns the modalities loaded. Entries without ``pretrained`` keep their random init."""
+        loaded = []
+        for name, entry in self.config.backbones.items():
+            if not entry.get("pretrained"):
+                continue
+            self.encoders[name].load_pretrained(entry["pretrained"])
+            self.target_encoders[name].load_state_dict(self.encoders[name].state_dict())
+            loaded.append(name)
+        return loaded
+
+    def train(self, mode: bool = True) -> "MMJepaModel":
+        """As ``nn.Module.train``, but the EMA targets always run in eval mode: a backbone's dropout
+        must not make the targets random."""
+        super().train(mode)
+        self.target_encoders.eval()
+        return self
 
     # ------------------------------------------------------------------ helpers
     def model_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

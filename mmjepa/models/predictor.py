@@ -20,9 +20,13 @@ class Predictor(nn.Module):
     """
 
     def __init__(self, enc_dim: int, dim: int, depth: int, num_heads: int, embeds: dict[str, nn.Module], mlp_ratio: float = 4.0, qkv_bias: bool = True, eps: float = 1e-6,
-                 rope: bool = False):
+                 rope: bool = False, modality_order: list[str] | None = None):
         super().__init__()
-        self.modalities = list(embeds)
+        # rows of the modality-embedding table: the modalities of ``embeds``, or (a model loaded with
+        # only some of its modalities) the full model's order, so that each row keeps its meaning
+        self.modalities = list(modality_order or embeds)
+        if not set(embeds) <= set(self.modalities):
+            raise ValueError(f"modality_order {self.modalities} lacks some of {list(embeds)}")
         self.predictor_embed = nn.Linear(enc_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.modality_embed = nn.Parameter(torch.zeros(len(self.modalities), dim)) if len(self.modalities) > 1 else None
