@@ -240,6 +240,13 @@ def _bench(p: argparse.ArgumentParser) -> None:
     rp.add_argument("--threads", type=int, default=1, help="threads for torch and faiss (default 1)")
     rp.add_argument("--seed", type=int, default=0)
     rp.add_argument("--json", default=None, help="write the results here")
+    fp = add("faults", help="fault injection: kill -9, corrupt shards, NaN steps, a full disk, a dying rank")
+    fp.add_argument("--json", default=None, help="write the results to this JSON file")
+    fp.add_argument("--trials", type=int, default=10, help="kill -9 trials (default 10)")
+    fp.add_argument("--quick", action="store_true",
+                    help="a short run (one kill -9 trial, inside a checkpoint write; no 2-process case): < 2 min")
+    fp.add_argument("--seed", type=int, default=0, help="seed of the kill moments and corrupt-sample positions")
+    fp.add_argument("--workdir", default=None, help="keep the runs here (default: a temporary folder, removed)")
     qp = add("quality", help="quality on real data: fsdd | shakespeare | spoken_digits | tuxpaint")
     qp.add_argument("name", choices=("fsdd", "shakespeare", "spoken_digits", "tuxpaint"), metavar="NAME",
                     help="fsdd (audio probe) | shakespeare (span filling vs BERT) | spoken_digits, tuxpaint "
@@ -299,7 +306,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] 
     "tokenizer": ("train a SentencePiece-style tokenizer: tokenizer train ...", _tokenizer, "mmjepa.tokenizer:run"),
     "demo": ("the tri-modal quickstart on spoken digits: train ~5 minutes on a CPU, retrieve, draw a report",
              _demo, "mmjepa.demo:run"),
-    "bench": ("benchmarks: speed | data | retrieval | quality", _bench, "mmjepa.bench.cli:run"),
+    "bench": ("benchmarks: speed | data | retrieval | quality | faults", _bench, "mmjepa.bench.cli:run"),
     "push": ("upload a model folder (weights, processor, model card) to the Hugging Face Hub: push MODEL_DIR "
              "REPO_ID", _push, "mmjepa.models.saving:run_push"),
     "convert": ("convert checkpoints: ijepa (official .pth.tar or IJepaModel -> mmjepa) | to-hf (mmjepa -> "
@@ -366,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - expected failures are one line; the rest is re-raised
         kind = type(err).__name__
         if os.environ.get("MMJEPA_DEBUG") or kind not in ("ValueError", "FileNotFoundError", "DataError",
-                                                             "TrainingInterrupted", "CollapseError"):
+                                                             "TrainingInterrupted", "CollapseError",
+                                                             "NonFiniteError", "CheckpointError"):
             raise
         print(f"{prog}: {err}", file=sys.stderr)
         return EXIT_INTERRUPTED if kind == "TrainingInterrupted" else EXIT_USAGE

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -122,7 +124,8 @@ def decode_audio(x: Any, sampling_rate: int | None = None) -> tuple[torch.Tensor
             data, sr = sf.read(src, dtype="float32", always_2d=True)  # (n, C)
         except Exception as err:  # soundfile raises LibsndfileError / RuntimeError / TypeError
             name = src if isinstance(src, (str, Path)) else "audio bytes"
-            raise ValueError(f"could not decode {name}: {err}") from None
+            reason = re.sub(r"<_io\.\w+ object at 0x[0-9a-f]+>", "the audio bytes", str(err)).strip().splitlines()
+            raise ValueError(f"could not decode {name}: {reason[0] if reason else type(err).__name__}") from None
         return _to_mono(torch.from_numpy(data), channels_last=True), int(sr)
     if isinstance(x, np.ndarray):
         if not (np.issubdtype(x.dtype, np.number)) or np.iscomplexobj(x):
@@ -132,12 +135,43 @@ def decode_audio(x: Any, sampling_rate: int | None = None) -> tuple[torch.Tensor
         raise ValueError(f"expected a path, bytes, dict, numpy array or tensor, got {type(x).__name__}")
     if sampling_rate is None:
         raise ValueError("sampling_rate is required for audio given as an array")
+    sampling_rate = check_sampling_rate(sampling_rate)
     if x.dtype in (torch.int16, torch.int32, torch.int8, torch.uint8):
         scale = {torch.int16: 32768.0, torch.int32: 2147483648.0, torch.int8: 128.0}.get(x.dtype)
         x = (x.float() - 128.0) / 128.0 if x.dtype == torch.uint8 else x.float() / scale
     elif x.is_complex() or x.dtype == torch.bool:
         raise ValueError(f"audio dtype {x.dtype} is not supported")
     return _to_mono(x.float(), channels_last=None), int(sampling_rate)
+
+
+MAX_SECONDS = 3600  # one clip: longer input is a mistake (or a memory bomb), not a sample
+MAX_SAMPLING_RATE = 10_000_000  # Hz; above it a "sampling rate" is a mistake, not audio
+MAX_RESAMPLE_TERMS = 4096  # reduced ratio new/orig whose terms exceed this is approximated (see _resample)
+
+
+def check_sampling_rate(sampling_rate: Any) -> int:
+    """A sampling rate given by a caller -> int Hz, or a ValueError / TypeError saying what is expected."""
+    if isinstance(sampling_rate, (bool, str, bytes)) or not isinstance(sampling_rate, (int, float, np.integer,
+                                                                                         np.floating)):
+        raise TypeError(f"sampling_rate must be a number of Hz, got {type(sampling_rate).__name__} {sampling_rate!r}")
+    if not np.isfinite(sampling_rate) or not 1 <= sampling_rate <= MAX_SAMPLING_RATE:
+        raise ValueError(f"sampling_rate must lie in [1, {MAX_SAMPLING_RATE}] Hz, got {sampling_rate}")
+    return int(round(float(sampling_rate)))
+
+
+def _resample(wav: torch.Tensor, orig: int, new: int) -> torch.Tensor:
+    """``torchaudio.functional.resample``, whose sinc kernel is (new', ~orig') for the reduced ratio
+    new'/orig': for rates sharing no large divisor (44101 -> 16000 Hz) that is gigabytes, so such a
+    ratio is replaced by the nearest one with terms <= MAX_RESAMPLE_TERMS (for rates of 4-200 kHz
+    a pitch change of at most 0.013%)."""
+    ratio = Fraction(new, orig)
+    if max(ratio.numerator, ratio.denominator) > MAX_RESAMPLE_TERMS:
+        ratio = ratio.limit_denominator(MAX_RESAMPLE_TERMS)
+        if ratio.numerator == 0 or ratio.numerator > MAX_RESAMPLE_TERMS:  # extreme ratios: a coarse one
+            ratio = Fraction(max(1, min(MAX_RESAMPLE_TERMS, round(new / orig))), 1) if new >= orig else \
+                Fraction(1, max(1, min(MAX_RESAMPLE_TERMS, round(orig / new))))
+        orig, new = ratio.denominator, ratio.numerator
+    return resample(wav, orig, new)
 
 
 def _to_mono(x: torch.Tensor, channels_last: bool | None) -> torch.Tensor:
@@ -169,8 +203,7 @@ class MMJepaAudioFeatureExtractor(SequenceFeatureExtractor):
     def waveform(self, audio: Any, sampling_rate: int | None = None) -> torch.Tensor:
         """Decode, mix to mono, check, and resample to ``cfg.sample_rate`` -> (n,) float32."""
         wav, sr = decode_audio(audio, sampling_rate)
-        if sr <= 0:
-            raise ValueError(f"sampling_rate must be > 0, got {sr}")
+        sr = check_sampling_rate(sr)
         if wav.numel() == 0:
             raise ValueError("audio is empty")
         if not torch.isfinite(wav).all():
@@ -178,8 +211,10 @@ class MMJepaAudioFeatureExtractor(SequenceFeatureExtractor):
         if wav.abs().max() < self.cfg.silence_threshold:
             raise ValueError(f"audio is silent (peak amplitude {float(wav.abs().max()):.2e} "
                              f"< silence_threshold {self.cfg.silence_threshold})")
+        if wav.numel() / sr > MAX_SECONDS:
+            raise ValueError(f"audio is {wav.numel() / sr:.0f} s long; at most {MAX_SECONDS} s per clip (cut it first)")
         if sr != self.cfg.sample_rate:
-            wav = resample(wav, sr, self.cfg.sample_rate)
+            wav = _resample(wav, sr, self.cfg.sample_rate)
         if wav.numel() < self.cfg.min_samples:
             secs = wav.numel() / self.cfg.sample_rate
             raise ValueError(f"audio is too short: {wav.numel()} samples ({secs:.3f} s) at {self.cfg.sample_rate} Hz, "
@@ -199,7 +234,13 @@ class MMJepaAudioFeatureExtractor(SequenceFeatureExtractor):
 
     def preprocess(self, audio: Any, sampling_rate: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One clip -> features (F, max_frames) and token validity (N,) bool."""
-        feats = (self.log_mel(audio, sampling_rate) - self.cfg.mean) / self.cfg.std  # (T, F)
+        # frames past max_frames are cropped: the filterbank sees only the samples of the first
+        # max_frames frames (the same features: each frame is computed from its own samples), so a
+        # long clip costs no more memory than a max_frames one
+        win, hop = int(self.cfg.sample_rate * self.cfg.frame_length_ms / 1000), \
+            int(self.cfg.sample_rate * self.cfg.frame_shift_ms / 1000)
+        wav = self.waveform(audio, sampling_rate)[: win + (self.cfg.max_frames - 1) * hop]
+        feats = (self.fbank(wav) - self.cfg.mean) / self.cfg.std  # (T, F)
         T = min(feats.shape[0], self.cfg.max_frames)
         out = torch.zeros(self.cfg.num_mel_bins, self.cfg.max_frames)
         out[:, :T] = feats[:T].T

@@ -121,7 +121,7 @@ def _array_to_unit(arr: np.ndarray) -> torch.Tensor:
         scale = 255.0 if hi <= 255 else 65535.0 if hi <= 65535 else None
         if scale is None:
             raise ValueError(f"integer images must lie in 0..65535, got a maximum of {hi}")
-        return torch.from_numpy(arr.astype(np.float32) / scale)
+        return torch.from_numpy(np.asarray(arr.astype(np.float32) / scale))
     raise ValueError(f"image arrays must be numeric, got dtype {arr.dtype}")
 
 
@@ -174,6 +174,8 @@ class MMJepaImageProcessor(BaseImageProcessor):
             image = open_image(image)
         if isinstance(image, Image.Image):
             image = _pil_to_array(image)
+        if isinstance(image, np.generic):  # a numpy scalar: an array of shape (), refused below
+            image = np.asarray(image)
         if isinstance(image, np.ndarray):
             if image.dtype == object or not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
                 raise ValueError(f"image arrays must be numeric, got dtype {image.dtype}")

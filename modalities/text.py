@@ -160,6 +160,8 @@ class TextProcessor:
     def __call__(self, text: str | Sequence[str], return_tensors: str | None = "pt",
                  add_special_tokens: bool = True) -> dict[str, torch.Tensor]:
         tok = self._need_tokenizer()
+        if not isinstance(text, (str, list, tuple)):
+            raise TypeError(f"text must be a string or a list of strings, got {type(text).__name__}")
         texts = [text] if isinstance(text, str) else list(text)
         if not texts:
             raise ValueError("no text given")
@@ -168,6 +170,11 @@ class TextProcessor:
                 raise ValueError(f"text must be a string or a list of strings, got {type(t).__name__}")
             if not t.strip():
                 raise ValueError("text is empty")
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("text must be valid Unicode: it holds lone surrogate code points "
+                                 "(decode bytes with errors='replace')") from None
         enc = tok(texts, add_special_tokens=add_special_tokens, truncation=True, max_length=self.cfg.max_length,
                   padding="max_length", return_tensors="pt")
         return BatchFeature({"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()})

@@ -128,6 +128,41 @@ def test_a_gallery_refuses_another_models_queries(model, folder, tmp_path):
         index.search(target="text", text="one")
 
 
+def test_a_tampered_gallery_is_refused_on_load(model, folder, tmp_path):
+    import shutil
+    index = EmbeddingIndex.build(model, read_items(str(folder)), ["image", "text"], progress=False)
+    index.save(tmp_path / "g")
+    assert set(json.loads((tmp_path / "g" / "gallery.json").read_text())["checksums"]) == {"keys.json",
+                                                                                         "embeddings.safetensors"}
+
+    def tampered(name, edit, drop_checksums=False):
+        g = tmp_path / name
+        shutil.copytree(tmp_path / "g", g)
+        stored = json.loads((g / "keys.json").read_text())
+        edit(stored)
+        (g / "keys.json").write_text(json.dumps(stored))
+        if drop_checksums:  # as a gallery saved before checksums: the counts still have to agree
+            meta = json.loads((g / "gallery.json").read_text())
+            del meta["checksums"]
+            (g / "gallery.json").write_text(json.dumps(meta))
+        return g
+
+    cases = {"added": lambda s: s["keys"]["image"].append("extra"),
+             "removed": lambda s: s["keys"]["text"].pop(),
+             "reordered": lambda s: s["keys"]["image"].reverse(),
+             "renamed": lambda s: s["keys"]["image"].__setitem__(0, "someone-else")}
+    for name, edit in cases.items():
+        with pytest.raises(ValueError, match="does not match the checksum"):
+            EmbeddingIndex.load(tampered(name, edit), model)
+    with pytest.raises(ValueError, match="image has 13 keys in keys.json, 12 embeddings"):
+        EmbeddingIndex.load(tampered("old-added", cases["added"], drop_checksums=True), model)
+    with pytest.raises(ValueError, match=r"keys.json must hold"):
+        EmbeddingIndex.load(tampered("garbled", lambda s: s.update(keys=["a"]), drop_checksums=True))
+    (tmp_path / "g" / "embeddings.safetensors").write_bytes(b"\0" * 64)
+    with pytest.raises(ValueError, match="embeddings.safetensors does not match the checksum"):
+        EmbeddingIndex.load(tmp_path / "g", model)
+
+
 def test_bad_items_are_skipped_and_counted(model, folder, tmp_path):
     items = list(read_items(str(folder)))
     items[0] = {**items[0], "png": b"not an image"}

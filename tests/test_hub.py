@@ -126,16 +126,42 @@ def test_model_round_trips_bit_exactly_through_auto_model(saved):
     assert loaded.config.modalities["text"]["tokenizer"] == str(folder)
 
 
-def test_pickle_weights_are_refused(saved, tmp_path):
+class NotATensor:  # what a malicious pickle could carry instead of tensors
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+def test_pickle_weights_are_refused_unless_opted_in_and_then_read_as_tensors_only(saved, tmp_path):
     model, folder = saved
     with pytest.raises(ValueError, match="safetensors"):
         MMJepaModel.from_pretrained(folder, use_safetensors=False)
+    with pytest.raises(ValueError, match="weights_only=False is refused"):
+        MMJepaModel.from_pretrained(folder, weights_only=False, allow_pickle=True)
     pickled = tmp_path / "pickled"
     shutil.copytree(folder, pickled)
     (pickled / "model.safetensors").unlink()
     torch.save(model.state_dict(), pickled / "pytorch_model.bin")
-    with pytest.raises(OSError):
-        MMJepaModel.from_pretrained(pickled)
+    for load in (MMJepaModel.from_pretrained, AutoModel.from_pretrained):  # a ValueError that says how to opt in
+        with pytest.raises(ValueError, match=r"pickle weights \(pytorch_model.bin\).*allow_pickle=True"):
+            load(pickled)
+    loaded = MMJepaModel.from_pretrained(pickled, allow_pickle=True)  # the opt-in: torch.load(weights_only=True)
+    a, b = model.state_dict(), loaded.state_dict()
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert isinstance(AutoModel.from_pretrained(pickled, allow_pickle=True), MMJepaModel)
+    # a pickle holding an arbitrary object is refused even with the opt-in
+    torch.save({**model.state_dict(), "evil": NotATensor()}, pickled / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="refusing pickle weights that hold more than tensors"):
+        MMJepaModel.from_pretrained(pickled, allow_pickle=True)
+
+
+def test_no_remote_code_is_needed_or_written(saved):
+    _, folder = saved
+    assert not list(folder.glob("*.py"))
+    for f in folder.glob("*.json"):
+        assert "auto_map" not in json.loads(f.read_text()), f.name
+    assert isinstance(AutoModel.from_pretrained(folder, trust_remote_code=False), MMJepaModel)
+    assert isinstance(AutoProcessor.from_pretrained(folder, trust_remote_code=False), MMJepaProcessor)
+    assert type(AutoImageProcessor.from_pretrained(folder, trust_remote_code=False)).__name__ == "MMJepaImageProcessor"
 
 
 def test_a_subset_of_modalities_loads_and_embeds_as_the_full_model(saved, tmp_path):

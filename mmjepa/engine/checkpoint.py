@@ -15,6 +15,7 @@ kill during a save leaves the previous checkpoints intact; leftovers are removed
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -24,6 +25,15 @@ from typing import Any, Callable
 import yaml
 
 CKPT_PREFIX = "step_"
+# write errors that mean "no room": the half-written checkpoint is removed and the run stops in one line
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class CheckpointError(OSError):
+    """A checkpoint could not be written (the disk is full ...); the previous one is intact."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
@@ -129,12 +139,23 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        (tmp / f"trainer_state_{acc.process_index}.json").write_text(json.dumps(state))
-        acc.wait_for_everyone()
+        try:
+            acc.save_state(str(tmp))
+            (tmp / f"trainer_state_{acc.process_index}.json").write_text(json.dumps(state))
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                shutil.copy(recipe_file, tmp / "recipe.yaml")
+                fsync_dir(tmp)
+        except OSError as err:
+            if err.errno not in NO_SPACE:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # give the space back
+            prev = self.latest()
+            kept = f"the previous checkpoint {prev} is intact" if prev is not None else "there is no earlier checkpoint"
+            raise CheckpointError(err.errno, f"could not write the checkpoint of step {step} into {self.root}: "
+                                  f"{os.strerror(err.errno)}; {kept}. Free some space (or set "
+                                  "train.output_dir elsewhere) and run the same command to resume") from None
         if acc.is_main_process:
-            shutil.copy(recipe_file, tmp / "recipe.yaml")
-            fsync_dir(tmp)
             atomic_replace_dir(tmp, final)
             for old in self.list()[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)

@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     last = next((h for h in reversed(result.history) if "loss" in h), {})
     loss = f"final loss {last['loss']:.4f}" if "loss" in last else "no loss logged"
     print(f"trained {result.steps} steps, {result.samples_seen} samples, {result.train_samples_per_s:.1f} samples/s, "
-          f"{loss}; {result.skipped_samples} bad samples skipped; checkpoint {result.checkpoint}, "
+          f"{loss}; {result.skipped_samples} bad samples skipped; {result.skipped_steps} non-finite steps skipped; "
+          f"checkpoint {result.checkpoint}, "
           f"export {result.export_dir}")
     return 0

@@ -98,6 +98,7 @@ class TrainConfig:
     find_unused_parameters: bool = False
     collapse_floors: dict[str, float] = field(default_factory=dict)  # monitor -> floor, e.g. {rankme: 2.0}
     stop_on_collapse: bool = False  # stop (with a checkpoint) when a monitor falls under its floor
+    max_bad_steps: int = 5  # consecutive steps with a NaN/Inf loss or gradient norm (each skipped) before the run stops
 
     def __post_init__(self):
         if self.max_steps is None and self.epochs is None:
@@ -110,7 +111,7 @@ class TrainConfig:
             raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}")
-        for name in ("log_every", "keep_checkpoints", "ddp_timeout"):
+        for name in ("log_every", "keep_checkpoints", "ddp_timeout", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("save_every", "export_every"):

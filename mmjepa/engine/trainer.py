@@ -18,6 +18,7 @@ Checkpoints, resume and export are the :class:`~mmjepa.engine.checkpoint.Checkpo
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
@@ -92,6 +93,11 @@ class CollapseError(RuntimeError):
     """A collapse monitor fell under its floor with ``train.stop_on_collapse``; the state is saved."""
 
 
+class NonFiniteError(RuntimeError):
+    """``train.max_bad_steps`` consecutive steps had a NaN/Inf loss or gradient norm (each one was
+    skipped); the state (the last good weights) is saved and the message says where."""
+
+
 @dataclass
 class TrainResult:
     """What :func:`train` returns."""
@@ -108,6 +114,7 @@ class TrainResult:
     elapsed_s: float = 0.0
     resumed_from: Path | None = None
     already_finished: bool = False  # the output_dir held a finished run: nothing was trained
+    skipped_steps: int = 0  # steps skipped for a NaN/Inf loss or gradient norm
 
 
 def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -127,7 +134,7 @@ def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # settings that may change between the runs of one output_dir without a warning
 RESUMABLE_CHANGES = {"train.max_steps", "train.epochs", "train.resume", "train.save_every", "train.export_every",
                      "train.log_every", "train.progress", "train.keep_checkpoints", "train.tracker",
-                     "train.ddp_timeout", "train.output_dir", "description"}
+                     "train.ddp_timeout", "train.output_dir", "train.max_bad_steps", "description"}
 
 
 def resolve_model_config(config: MMJepaConfig) -> MMJepaConfig:
@@ -165,6 +172,10 @@ class Trainer:
         self.step = 0
         self.samples_seen = 0
         self.history: list[dict[str, Any]] = []
+        self.skipped_steps = 0  # steps skipped for a non-finite loss or gradient norm, in all
+        self.bad_in_a_row = 0  # consecutive ones up to now
+        self.last_step_skipped = False
+        self._good_in_window = 0  # logged means are over the good steps of the window
         self._monitors: dict[str, torch.Tensor] = {}  # the collapse monitors of the last logged step
 
     # ------------------------------------------------------------------ set-up
@@ -271,7 +282,8 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "samples_seen": self.samples_seen, "data": self.stream.state_dict(),
-                "total_steps": self.total_steps}
+                "total_steps": self.total_steps, "skipped_steps": self.skipped_steps,
+                "bad_in_a_row": self.bad_in_a_row}
 
     def save_checkpoint(self) -> Path:
         return self.ckpt.save(self.step, self.state_dict(), self.out / "recipe.yaml")
@@ -279,6 +291,7 @@ class Trainer:
     def load_checkpoint(self, path: Path) -> None:
         state = self.ckpt.load(path)
         self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
+        self.skipped_steps, self.bad_in_a_row = int(state.get("skipped_steps", 0)), int(state.get("bad_in_a_row", 0))
         if int(state.get("total_steps", self.total_steps)) != self.total_steps:
             self.accelerator.print(f"mmjepa: the checkpoint was made for {state['total_steps']} steps, this run has "
                                    f"{self.total_steps}: the schedules follow the new length")
@@ -300,9 +313,15 @@ class Trainer:
         if self._finished_already(resumed):
             self.load_checkpoint(resumed)
             export = self.out / "export"
+            try:
+                exported = json.loads((export / "training_state.json").read_text())
+            except (OSError, ValueError):
+                exported = {}
+            if not (exported.get("final") and exported.get("step") == self.step):
+                self.export(final=True)  # the run was killed after its final checkpoint, before its export
             return TrainResult(self.unwrapped, self.out, self.step, self.samples_seen, 0.0, [], resumed,
                                export if export.is_dir() else None, self.stream.skipped, 0.0, resumed,
-                               already_finished=True)
+                               already_finished=True, skipped_steps=self.skipped_steps)
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             save_recipe(self.recipe, self.out / "recipe.yaml")
@@ -343,12 +362,22 @@ class Trainer:
                                         | {k.split("/")[-1]: f"{v:.3f}" for k, v in logs.items() if k.endswith("pred_std")}
                                         | ({"COLLAPSE": ",".join(f.split(" ")[0] for f in fallen)} if fallen else {}))
                         sums, window_steps, window_t0 = {}, 0, time.perf_counter()
+                        self._good_in_window = 0
                         if fallen:
                             acc.print(f"mmjepa: warning: collapse at step {self.step}: {'; '.join(fallen)}")
                             if t.stop_on_collapse:
                                 last_ckpt = self.save_checkpoint()
                                 raise CollapseError(f"collapse at step {self.step}: {'; '.join(fallen)}; "
                                                     f"stopped with the state saved in {last_ckpt}")
+                    if self.bad_in_a_row >= t.max_bad_steps:
+                        last_ckpt = self.save_checkpoint()
+                        first = self.step - self.bad_in_a_row + 1
+                        raise NonFiniteError(
+                            f"the loss or gradient norm was NaN/Inf for {self.bad_in_a_row} consecutive steps "
+                            f"({first}-{self.step}; {self.skipped_steps} skipped in all; train.max_bad_steps="
+                            f"{t.max_bad_steps}): stopped with the state saved in {last_ckpt} (the weights "
+                            "before those steps); try a lower optim.lr, a longer warm-up, optim.clip_grad, or check "
+                            "the data")
                     if t.save_every and self.step % t.save_every == 0 and self.step < self.total_steps:
                         last_ckpt = self.save_checkpoint()
                     if t.export_every and self.step % t.export_every == 0 and self.step < self.total_steps:
@@ -383,39 +412,75 @@ class Trainer:
         else:
             sps = steps_this_run * self.samples_per_step / max(loop_end - run_t0, 1e-9)
         return TrainResult(self.unwrapped, self.out, self.step, self.samples_seen, sps, self.history, last_ckpt,
-                           export_dir, self.stream.skipped, end - run_t0, resumed)
+                           export_dir, self.stream.skipped, end - run_t0, resumed, skipped_steps=self.skipped_steps)
 
     def train_step(self, batches: list[dict[str, Any]], sums: dict[str, torch.Tensor] | None = None,
                    monitor: bool = True):
         """One optimizer step over ``grad_accum`` micro-batches; ``self.step`` += 1. Loss terms and
         metrics are added into ``sums``; the collapse monitors (computed when ``monitor``) are kept
-        as they are, the last step's. Returns the gradient norm (when clipping) or None."""
+        as they are, the last step's. Returns the gradient norm (when clipping) or None.
+
+        A step whose loss or gradient norm is NaN/Inf on any process is skipped on all of them: no
+        optimizer step, no EMA update, gradients dropped, nothing added to ``sums``; it is counted
+        in ``self.skipped_steps`` (and ``self.bad_in_a_row``) and ``self.step`` still advances."""
         acc, o = self.accelerator, self.recipe.optim
         lr, wd, momentum = self.hyperparams(self.step)
         n = len(batches)
+        step_sums: dict[str, torch.Tensor] = {}
+        monitors: dict[str, torch.Tensor] = {}
+        loss_total = torch.zeros((), device=acc.device)
+        # running statistics the forward updates (the embedding centres): restored if the step is bad
+        centers = getattr(self.unwrapped, "centers", None)
+        saved_buffers = {k: v.clone() for k, v in centers.state_dict().items()} if centers is not None else None
         # 1. forward and backward per micro-batch (gradients synchronised on the last)
         for micro, batch in enumerate(batches):
             ctx = acc.no_sync(self.model) if micro < n - 1 else contextlib.nullcontext()
             with ctx:
                 out = self.model(**model_inputs(batch), monitor=monitor and micro == n - 1)
                 acc.backward(out.loss / n)
+            loss_total = loss_total + out.loss.detach().float()
             if sums is not None:
                 for k, v in {"loss": out.loss, **{f"loss/{m}": l for m, l in out.losses.items()},
                              **out.metrics}.items():
                     if k.startswith("monitor/"):
-                        self._monitors[k] = v.detach().float()
+                        monitors[k] = v.detach().float()
                         continue
                     v = v.detach().float() / n
-                    sums[k] = sums[k] + v if k in sums else v
-        # 2. clip, schedule, step
+                    step_sums[k] = step_sums[k] + v if k in step_sums else v
+        # 2. clip (or measure), check, schedule, step
         grad_norm = None
         if o.clip_grad is not None:
             grad_norm = acc.clip_grad_norm_(self.model.parameters(), o.clip_grad)
-        set_hyperparams(self.optimizer, lr, wd)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        # 3. EMA of the target encoders
-        self.unwrapped.update_target(momentum)
+        fp16 = acc.scaler is not None  # the grad scaler skips (and counts down) overflowing steps itself
+        bad = not bool(torch.isfinite(loss_total))
+        if not fp16 and not bad:
+            norm = grad_norm if grad_norm is not None else torch.nn.utils.get_total_norm(
+                [p.grad for p in self.model.parameters() if p.grad is not None])
+            bad = not bool(torch.isfinite(torch.as_tensor(norm)))
+        if acc.num_processes > 1:  # every process skips, or none does
+            flag = torch.tensor([1.0 if bad else 0.0], device=acc.device)
+            bad = bool(acc.reduce(flag, reduction="sum").item() > 0)
+        self.last_step_skipped = bad
+        if bad and saved_buffers is not None:
+            centers.load_state_dict(saved_buffers)
+        if bad and not fp16:
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            set_hyperparams(self.optimizer, lr, wd)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        if bad:
+            self.skipped_steps += 1
+            self.bad_in_a_row += 1
+        else:
+            self.bad_in_a_row = 0
+            # 3. EMA of the target encoders
+            self.unwrapped.update_target(momentum)
+            self._good_in_window += 1
+            if sums is not None:
+                for k, v in step_sums.items():
+                    sums[k] = sums[k] + v if k in sums else v
+                self._monitors.update(monitors)
         self.step += 1
         return grad_norm
 
@@ -437,7 +502,9 @@ class Trainer:
         acc = self.accelerator
         averaged, monitors = sorted(sums), sorted(self._monitors)  # window means; the last monitors
         keys = averaged + monitors
-        vals = torch.stack([sums[k] / max(n_steps, 1) for k in averaged] + [self._monitors[k] for k in monitors])
+        good = self._good_in_window
+        vals = [sums[k] / max(good, 1) for k in averaged] + [self._monitors[k] for k in monitors]
+        vals = torch.stack(vals) if vals else torch.zeros(0)
         self._monitors = {}
         vals = acc.reduce(vals.to(acc.device), reduction="mean")  # the same steps on every rank
         n = self.pipeline.batches_per_epoch
@@ -447,7 +514,7 @@ class Trainer:
         logs.update({"lr": lr, "weight_decay": wd, "ema_momentum": momentum,
                      "samples_seen": self.samples_seen,
                      "samples_per_s": n_steps * self.samples_per_step / max(dt, 1e-9),
-                     "data_skipped": self.stream.skipped})
+                     "data_skipped": self.stream.skipped, "skipped_steps": self.skipped_steps})
         if grad_norm is not None:
             logs["grad_norm"] = float(grad_norm)
         self.history.append(logs)

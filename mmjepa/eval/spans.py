@@ -100,6 +100,9 @@ def fill_spans(model: Any, input_ids: torch.Tensor, span_mask: torch.Tensor | No
     option). Returns a dict with ``positions`` (B, K), ``valid`` (B, K) bool, ``top_ids``
     (B, K, top_k), ``top_probs`` (B, K, top_k) and ``logits`` (B, K, V).
     """
+    _check_top_k(top_k)
+    if not isinstance(input_ids, torch.Tensor) or (span_mask is not None and not isinstance(span_mask, torch.Tensor)):
+        raise TypeError("input_ids and span_mask must be torch tensors (B, L)")
     if span_mask is None:
         span_mask = input_ids == model.config.modality_config(readout_of(model).modality).mask_token_id
     logits, pos, valid = span_logits(model, input_ids, span_mask, attention_mask, **other_inputs)
@@ -108,6 +111,16 @@ def fill_spans(model: Any, input_ids: torch.Tensor, span_mask: torch.Tensor | No
     if valid is None:
         valid = torch.ones(pos.shape, dtype=torch.bool, device=pos.device)
     return {"positions": pos, "valid": valid, "top_ids": ids, "top_probs": probs, "logits": logits}
+
+
+MAX_BEAMS = 1000  # token sequences kept per span while ranking completions (bounds time and memory)
+
+
+def _check_top_k(top_k: Any) -> None:
+    if isinstance(top_k, bool) or not isinstance(top_k, int):
+        raise TypeError(f"top_k must be an int >= 1, got {type(top_k).__name__}")
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
 
 
 def _k_best(probs: torch.Tensor, ids: torch.Tensor, k: int) -> list[tuple[list[int], float]]:
@@ -126,7 +139,7 @@ def _completions(probs: torch.Tensor, ids: torch.Tensor, tokenizer: Any, k: int)
     decode to the same string are one completion (their probabilities add up); sequences that
     decode to nothing (special tokens, a bare word boundary) are dropped."""
     merged: dict[str, float] = {}
-    for seq, p in _k_best(probs, ids, max(4 * k, 20)):
+    for seq, p in _k_best(probs, ids, min(max(4 * k, 20), MAX_BEAMS)):
         text = tokenizer.decode(seq, skip_special_tokens=True).strip()
         if text:
             merged[text] = merged.get(text, 0.0) + p
@@ -146,13 +159,21 @@ def fill_spans_text(model: Any, tokenizer: Any, texts: str | Sequence[str], top_
     readout = readout_of(model)
     cfg = model.config.modality_config(readout.modality)
     processor = get_modality(readout.modality).build_processor(cfg, tokenizer=tokenizer)  # checks the vocabulary
+    _check_top_k(top_k)
+    if not isinstance(texts, (str, list, tuple)):
+        raise TypeError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
     texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise ValueError("no text given")
     marker = tokenizer.mask_token
     if marker is None:
         raise ValueError("the tokenizer has no mask token")
     for t in texts:
-        if not isinstance(t, str) or marker not in t:
-            raise ValueError(f"text {t!r} has no {marker} marker")
+        if not isinstance(t, str):
+            raise TypeError(f"texts must be strings, got {type(t).__name__}")
+        if marker not in t:
+            shown = repr(t) if len(t) <= 60 else repr(t[:60]) + f"... ({len(t)} characters)"
+            raise ValueError(f"text {shown} has no {marker} marker")
     enc = processor(texts)
     ids, att = enc["input_ids"], enc["attention_mask"]
     if (ids == tokenizer.mask_token_id).sum(1).lt(torch.tensor([t.count(marker) for t in texts])).any():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 from typing import Any
 
 from transformers import PreTrainedConfig
@@ -26,6 +28,19 @@ PRESETS: dict[str, dict[str, int]] = {
 
 POSITIONS = ("sincos", "rope")
 CONTENTS = ("full", "embedding")
+
+# keys a config.json may hold besides mmjepa's own: transformers' common ones (and a few older ones)
+_TRANSFORMERS_KEYS = set(inspect.signature(PreTrainedConfig.__init__).parameters) | {
+    "model_type", "name_or_path", "torch_dtype", "output_attentions", "use_cache", "tie_word_embeddings",
+    "pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "decoder_start_token_id", "pruned_heads",
+    "tokenizer_class", "prefix", "task_specific_params", "finetuning_task", "torchscript", "use_bfloat16",
+    "tf_legacy_loss", "attn_implementation", "is_decoder", "add_cross_attention", "auto_map", "base_model_tp_plan",
+    "base_model_pp_plan"}
+# numeric options; floats: (lowest, whether the lowest is allowed)
+_INT_OPTIONS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "predictor_hidden_size",
+                "predictor_num_hidden_layers", "predictor_num_attention_heads")
+_FLOAT_OPTIONS = {"mlp_ratio": (0.0, False), "layer_norm_eps": (0.0, False), "initializer_range": (0.0, True),
+                  "ema_momentum_start": (0.0, True), "ema_momentum_end": (0.0, True)}
 
 
 class MMJepaConfig(PreTrainedConfig):
@@ -109,11 +124,31 @@ class MMJepaConfig(PreTrainedConfig):
         self.predictor_modalities = list(predictor_modalities or self.modalities)
         self.checkpoint_contents = checkpoint_contents
         self.backbones = {k: dict(v) if isinstance(v, dict) else v for k, v in (backbones or {}).items()}
+        unknown = sorted(k for k in kwargs if not k.startswith("_") and k not in _TRANSFORMERS_KEYS)
+        if unknown:
+            own = [p for p in inspect.signature(MMJepaConfig.__init__).parameters if p not in ("self", "kwargs")]
+            close = difflib.get_close_matches(unknown[0], own, n=1)
+            raise ValueError(f"unknown MMJepaConfig option(s) {unknown}"
+                             + (f" (did you mean {close[0]!r}?)" if close else f"; known: {own}"))
         super().__init__(**kwargs)
         self.validate_values()
 
     def validate_values(self) -> None:
-        """Raise ValueError naming the first bad option."""
+        """Raise ValueError (TypeError for a wrong type) naming the first bad option."""
+        for name in _INT_OPTIONS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        for name, (low, inclusive) in _FLOAT_OPTIONS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+            if not (value >= low if inclusive else value > low) or value != value or value == float("inf"):
+                raise ValueError(f"{name} must be a finite number {'>=' if inclusive else '>'} {low}, got {value}")
+        if not isinstance(self.qkv_bias, bool):
+            raise TypeError(f"qkv_bias must be true or false, got {self.qkv_bias!r}")
         if self.position_embedding not in POSITIONS:
             raise ValueError(f"position_embedding must be one of {POSITIONS}, got {self.position_embedding!r}")
         for width, heads, name in (

@@ -37,6 +37,9 @@ class Encoder(nn.Module):
         # (B, N, D); made contiguous once: a patch embedding's (B, D, N) -> (B, N, D) transpose would
         # otherwise carry its strided layout through every residual add and make each LayerNorm copy
         x = self.embed(inputs).contiguous()
+        if valid is not None and keep is None and tuple(valid.shape) != tuple(x.shape[:2]):
+            raise ValueError(f"the token validity mask must have shape (B, N) = {tuple(x.shape[:2])} for these "
+                             f"inputs, got {tuple(valid.shape)}")
         coords = self.embed.coords[: x.shape[1]] if self.rope is not None else None  # (N, ndim); a shorter text: its first N
         if keep is not None:
             x = gather_tokens(x, keep)  # (B, K, D)

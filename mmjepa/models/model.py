@@ -276,6 +276,7 @@ class MMJepaModel(SavingMixin, MMJepaPreTrainedModel):
         """Embeddings {name: (B, D)} in the shared space: each plug-in's pooling (the mean over real
         tokens), minus the modality's running centre (``center``, see :class:`EmbeddingCenters`),
         L2-normalised (``normalize``)."""
+        self.check_inputs(batch)
         out = {}
         for name, h in self.encode(use_target=use_target, **batch).items():
             mod = get_modality(name)
@@ -283,7 +284,38 @@ class MMJepaModel(SavingMixin, MMJepaPreTrainedModel):
             if center:
                 pooled = pooled - self.centers.get(name)
             out[name] = F.normalize(pooled, dim=-1) if normalize else pooled
+            if not bool(torch.isfinite(out[name]).all()):
+                raise ValueError(f"{name}: the embeddings are not finite (inputs far outside the range the "
+                                 "processor produces?)")
         return out
+
+    def check_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The model inputs of ``batch`` (see :meth:`model_inputs`), checked as a caller of
+        :meth:`embed` may get them wrong: tensors, non-empty, finite, with validity masks that are
+        tensors marking at least one real token per sample; ValueError / TypeError otherwise."""
+        inputs = self.model_inputs(batch)
+        for name, x in inputs.items():
+            mod = get_modality(name)
+            key = mod.input_key
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"{key} must be a torch.Tensor (as the processor returns), got {type(x).__name__}")
+            if x.dim() == 0 or x.shape[0] == 0:
+                raise ValueError(f"{key} must hold a batch of at least one sample, got shape {tuple(x.shape)}")
+            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                raise ValueError(f"{key} holds NaN or infinite values")
+            try:
+                valid = mod.valid_tokens(batch)
+            except AttributeError:
+                valid = "?"
+            if valid is None:
+                continue
+            if not isinstance(valid, torch.Tensor) or valid.dim() != 2 or valid.shape[0] != x.shape[0]:
+                raise ValueError(f"the {name} token validity mask must be a (B={x.shape[0]}, N) tensor, got "
+                                 f"{tuple(valid.shape) if isinstance(valid, torch.Tensor) else type(valid).__name__}")
+            if not bool(valid.any(1).all()):
+                raise ValueError(f"every {name} sample needs at least one real token (a row of its validity mask "
+                                 "is all False)")
+        return inputs
 
     @torch.no_grad()
     def predict_embedding(self, target: str, normalize: bool = True, **batch: Any) -> torch.Tensor:
@@ -298,7 +330,7 @@ class MMJepaModel(SavingMixin, MMJepaPreTrainedModel):
         if target not in self.modality_names:
             raise ValueError(f"this model has no {target!r} modality (it has {self.modality_names})")
         contexts = []
-        for name, x in self.model_inputs(batch).items():
+        for name, x in self.check_inputs(batch).items():
             if name == target:
                 continue
             valid = get_modality(name).valid_tokens(batch)

@@ -2,7 +2,8 @@
 
 Design decisions:
 - one folder holds everything: ``config.json``, ``model.safetensors`` (safetensors only; pickle
-  weights are refused on load), the processor (``processor_config.json`` + tokenizer files) and a
+  weights are refused on load unless ``allow_pickle=True``, and then read with
+  ``torch.load(weights_only=True)``), the processor (``processor_config.json`` + tokenizer files) and a
   model card (``README.md``); the trainer's export calls the same ``save_pretrained``, so its
   folders and a user's are the same thing;
 - by default the checkpoint holds what continued training needs (context encoders, EMA targets,
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -96,10 +98,26 @@ class SavingMixin:
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args: Any,
                         modalities: list[str] | None = None, **kwargs: Any):
         """``PreTrainedModel.from_pretrained`` (safetensors only), optionally with only some
-        ``modalities``; an embedding-only checkpoint gets context encoders equal to its targets."""
-        kwargs.setdefault("use_safetensors", True)
-        if kwargs.get("use_safetensors") is False:
-            raise ValueError("mmjepa loads safetensors weights only (pickle files can run code)")
+        ``modalities``; an embedding-only checkpoint gets context encoders equal to its targets.
+
+        ``allow_pickle=True`` also reads PyTorch pickle weights (``pytorch_model.bin``) when the
+        folder or repository has no safetensors file, always through ``torch.load(weights_only=True)``:
+        tensors and plain containers only, anything else in the pickle is refused."""
+        allow_pickle = bool(kwargs.pop("allow_pickle", False))
+        if kwargs.get("weights_only", True) is not True:
+            raise ValueError("mmjepa never unpickles arbitrary objects: weights_only=False is refused "
+                             "(save the weights as safetensors instead)")
+        kwargs["weights_only"] = True
+        if allow_pickle:
+            if kwargs.get("use_safetensors") is True:
+                raise ValueError("allow_pickle=True and use_safetensors=True contradict each other: give one")
+            kwargs["use_safetensors"] = None  # safetensors first, then pytorch_model.bin
+        else:
+            kwargs.setdefault("use_safetensors", True)
+            if kwargs.get("use_safetensors") is not True:
+                raise ValueError("mmjepa loads safetensors weights only (pickle files can run code); pass "
+                                 "allow_pickle=True to read PyTorch .bin weights with torch.load(weights_only=True)")
+            _refuse_pickle_only_folder(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
         hub = {k: kwargs[k] for k in HUB_KWARGS if kwargs.get(k) is not None}
         config = kwargs.pop("config", None) or cls.config_class.from_pretrained(pretrained_model_name_or_path, **hub)
         config.resolve_saved_paths(pretrained_model_name_or_path)  # also when AutoModel loaded the config
@@ -118,6 +136,10 @@ class SavingMixin:
         cls._keys_to_ignore_on_load_missing = list(saved[1] or []) + missing
         try:
             model = super().from_pretrained(pretrained_model_name_or_path, *args, config=config, **kwargs)
+        except pickle.UnpicklingError as e:  # torch.load(weights_only=True) met something that is not a tensor
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"{pretrained_model_name_or_path}: refusing pickle weights that hold more than tensors "
+                             f"(torch.load(weights_only=True): {first})") from None
         finally:
             cls._keys_to_ignore_on_load_unexpected, cls._keys_to_ignore_on_load_missing = saved
         if model.config.checkpoint_contents == "embedding":
@@ -125,6 +147,23 @@ class SavingMixin:
                 for name in model.modality_names:
                     model.encoders[name].load_state_dict(model.target_encoders[name].state_dict())
         return model
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def _refuse_pickle_only_folder(path: str | Path, subfolder: str = "") -> None:
+    """A local folder holding pickle weights and no safetensors file: say why it is not read and
+    how to opt in (rather than transformers' "no file named model.safetensors")."""
+    folder = Path(path) / subfolder
+    if not folder.is_dir() or any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.index.json")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.name.endswith(PICKLE_SUFFIXES)
+                     or p.name.endswith(".bin.index.json"))
+    if pickles:
+        raise ValueError(f"{folder} holds pickle weights ({', '.join(pickles)}) and no model.safetensors: mmjepa "
+                         "loads safetensors only, since unpickling can run code; pass allow_pickle=True to read "
+                         "pytorch_model.bin through torch.load(weights_only=True), or convert it to safetensors")
 
 
 def upload_folder(folder: Path, repo_id: str, token: str | None = None, private: bool | None = None,

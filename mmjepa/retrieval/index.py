@@ -17,8 +17,10 @@ Design decisions:
 - exact search (a matrix product and top-k, in chunks) by default; for large galleries a faiss
   index (``flat``, ``hnsw`` or ``ivf``; ``pip install faiss-cpu``) behind the same call, saved
   beside the embeddings so that it is built once;
-- on disk: ``gallery.json`` (identity, model, counts, backend), ``embeddings.safetensors`` (one
-  tensor per modality), ``keys.json`` and, for faiss, ``faiss-<modality>.index``.
+- on disk: ``gallery.json`` (identity, model, counts, backend, sha256 of the next two files),
+  ``embeddings.safetensors`` (one tensor per modality), ``keys.json`` and, for faiss,
+  ``faiss-<modality>.index``; loading refuses a gallery whose files no longer match its checksums,
+  counts or identity (edited, truncated, or mixed from two galleries).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..processing import MMJepaProcessor
@@ -40,6 +43,7 @@ from .items import embed_items
 FORMAT, VERSION = "mmjepa-gallery", 1
 BACKENDS = ("exact", "flat", "hnsw", "ivf")
 MODES = ("embedding", "predicted")
+CHECKED_FILES = ("embeddings.safetensors", "keys.json")  # their sha256 is in gallery.json, verified on load
 
 
 def model_identity(model: Any) -> str:
@@ -54,6 +58,24 @@ def model_identity(model: Any) -> str:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        files = ", ".join(("gallery.json",) + CHECKED_FILES)
+        raise FileNotFoundError(f"{path}: missing; a gallery folder holds {files}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
 
 
 def _faiss() -> Any:
@@ -178,6 +200,7 @@ class EmbeddingIndex:
         path.mkdir(parents=True, exist_ok=True)
         save_file(dict(self.embeddings), str(path / "embeddings.safetensors"), metadata={"identity": self.identity})
         (path / "keys.json").write_text(json.dumps({"keys": self.keys, "labels": self.labels}))
+        checksums = {name: _sha256(path / name) for name in CHECKED_FILES}
         if self.backend != "exact":
             faiss = _faiss()
             for m, s in self._search.items():
@@ -185,7 +208,7 @@ class EmbeddingIndex:
         meta = {"format": FORMAT, "version": VERSION, "identity": self.identity, "model": self.model_ref,
                 "use_target": self.use_target, "backend": self.backend, "backend_options": self.backend_options,
                 "modalities": {m: {"count": len(e), "dim": e.shape[1]} for m, e in self.embeddings.items()},
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                "checksums": checksums, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (path / "gallery.json").write_text(json.dumps(meta, indent=2))
         return path
 
@@ -196,17 +219,46 @@ class EmbeddingIndex:
         path = Path(path)
         if not (path / "gallery.json").is_file():
             raise FileNotFoundError(f"{path} is not a gallery written by `mmjepa embed` (no gallery.json)")
-        meta = json.loads((path / "gallery.json").read_text())
-        if meta.get("format") != FORMAT or meta.get("version", 0) > VERSION:
-            raise ValueError(f"{path}: unknown gallery format {meta.get('format')} v{meta.get('version')}")
-        emb = load_file(str(path / "embeddings.safetensors"))
-        stored = json.loads((path / "keys.json").read_text())
+        meta = _read_json(path / "gallery.json")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("version"), int) \
+                or meta["version"] > VERSION:
+            kind = meta.get("format") if isinstance(meta, dict) else meta
+            raise ValueError(f"{path}: unknown gallery format {kind!r}")
+        if not isinstance(meta.get("identity"), str) or meta.get("backend") not in BACKENDS:
+            raise ValueError(f"{path}/gallery.json: no model identity or an unknown backend; not a gallery of mmjepa")
+        for name, digest in (meta.get("checksums") or {}).items():  # galleries before checksums: none to verify
+            if name not in CHECKED_FILES:
+                raise ValueError(f"{path}/gallery.json: checksum of an unexpected file {name!r}")
+            if not (path / name).is_file() or _sha256(path / name) != digest:
+                raise ValueError(f"{path}/{name} does not match the checksum in gallery.json: the gallery was modified "
+                                 "or damaged after it was saved; embed it again")
+        try:
+            emb = load_file(str(path / "embeddings.safetensors"))
+            with safe_open(str(path / "embeddings.safetensors"), "pt") as f:
+                stored_identity = (f.metadata() or {}).get("identity")
+        except (OSError, RuntimeError, ValueError) as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ValueError(f"{path}/embeddings.safetensors is not readable as safetensors ({reason})") from None
+        if stored_identity != meta["identity"]:
+            raise ValueError(f"{path}: embeddings.safetensors was written by another model than gallery.json names "
+                             f"({str(stored_identity)[:12]} vs {meta['identity'][:12]})")
+        stored = _read_json(path / "keys.json")
+        keys = stored.get("keys") if isinstance(stored, dict) else None
+        if not isinstance(keys, dict) or not all(isinstance(k, list) and all(isinstance(x, str) for x in k)
+                                                 for k in keys.values()):
+            raise ValueError(f"{path}/keys.json must hold {{\"keys\": {{modality: [key, ...]}}}}")
+        counts = {m: v.get("count") for m, v in (meta.get("modalities") or {}).items() if isinstance(v, dict)}
+        for m in sorted(set(emb) | set(keys) | set(counts)):
+            n_emb, n_keys = len(emb[m]) if m in emb else None, len(keys[m]) if m in keys else None
+            if not n_emb == n_keys == counts.get(m, n_keys):
+                raise ValueError(f"{path}: {m} has {n_keys} keys in keys.json, {n_emb} embeddings and "
+                                 f"{counts.get(m)} items in gallery.json; the gallery was modified after it was saved")
         faiss_idx = None
         if meta["backend"] != "exact":
             faiss = _faiss()
             faiss_idx = {m: faiss.read_index(str(path / f"faiss-{m}.index")) for m in emb}
         options = {**meta.get("backend_options", {}), **backend_options}
-        return cls(emb, stored["keys"], meta["identity"], meta.get("model"), meta["backend"], options,
+        return cls(emb, keys, meta["identity"], meta.get("model"), meta["backend"], options,
                    meta.get("use_target", True), model, stored.get("labels"), faiss_idx)
 
     # ------------------------------------------------------------------ searching
@@ -246,12 +298,26 @@ class EmbeddingIndex:
             raise ValueError(f"these queries were embedded by another model ({identity[:12]}); the gallery's is "
                              f"{self.identity[:12]}")
         target = self._target(target)
-        if queries.dim() == 1:
-            queries = queries[None]
-        if queries.shape[1] != self.embeddings[target].shape[1]:
-            raise ValueError(f"queries of width {queries.shape[1]}, gallery of width {self.embeddings[target].shape[1]}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be an int >= 1, got {type(k).__name__}")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        if isinstance(queries, np.ndarray):
+            queries = torch.from_numpy(queries) if queries.dtype.kind in "fiu" else queries
+        if not isinstance(queries, torch.Tensor):
+            raise TypeError(f"queries must be a (Q, D) float tensor or array, got {type(queries).__name__}")
+        if not (queries.is_floating_point() or queries.dtype in (torch.int8, torch.int16, torch.int32, torch.int64,
+                                                                 torch.uint8)):
+            raise TypeError(f"queries must be a (Q, D) float tensor, got dtype {queries.dtype}")
+        if queries.dim() == 1:
+            queries = queries[None]
+        width = self.embeddings[target].shape[1]
+        if queries.dim() != 2 or queries.shape[1] != width:
+            raise ValueError(f"queries must have shape (Q, {width}) for this gallery, got {tuple(queries.shape)}")
+        if not bool(torch.isfinite(queries).all()):
+            raise ValueError("queries hold NaN or infinite values")
+        if len(queries) == 0:
+            return []
         scores, idx = self._search[target].search(queries.detach().float().cpu(), k)
         keys = self.keys[target]
         return [[(keys[int(i)], float(s)) for s, i in zip(srow, irow) if int(i) >= 0]
