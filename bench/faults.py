@@ -12,12 +12,17 @@ Each case injects one kind of fault into small real training runs (the scikit-le
   deleted while training; survived = the run finishes, the reported skipped count equals the
   number of corrupt items injected exactly, and peak memory stays bounded. A shard missing at the
   start is refused in one line before anything is written.
+- ``corrupt_multimodal``: shards of image + audio + text samples with corrupt audio (header cut,
+  bit-flipped, empty, NaN samples) and text (invalid UTF-8, empty, blank) fields, for a tri-modal
+  model that requires every modality; survived = exactly those samples skipped and counted, every
+  good one trained on once.
 - ``nonfinite``: NaN and Inf losses injected at chosen steps; survived = each is skipped and
   counted and the weights stay finite; ``train.max_bad_steps`` consecutive ones stop the run with
   one line and a checkpoint that loads.
-- ``disk_full``: the checkpoint writer hits ENOSPC half-way through a save (simulated: a write
-  that raises ``OSError(ENOSPC)``; mounting a small filesystem needs root); survived = a one-line
-  error, the half-written folder removed, the previous checkpoint intact and resumable.
+- ``disk_full``: the checkpoint writer hits ENOSPC half-way through a save — simulated (a write
+  that raises ``OSError(ENOSPC)``) and, where a tmpfs can be mounted (root), for real: the run's
+  folder on a tmpfs with room for one and a half checkpoints; survived = a one-line error, the
+  half-written folder removed, the previous checkpoint intact and resumable.
 - ``rank_death``: a 2-process gloo run (``accelerate launch``) whose rank 1 is SIGKILLed; survived
   = the other exits with an error within ``train.ddp_timeout`` and the last checkpoint loads.
 - ``bad_inputs``: :func:`mmjepa.bench.bad_inputs.run_bad_inputs`: generated bad inputs on every
@@ -393,6 +398,88 @@ def corrupt_shards(work: Path, seed: int = 0, per_shard: int = 24) -> dict[str, 
     return out
 
 
+DIGIT_WORDS = "zero one two three four five six seven eight nine".split()
+
+
+def _wav(wave, subtype: str = "PCM_16") -> bytes:
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, wave, 16000, format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+def multimodal_corruptions(good_wav: bytes, nan_wav: bytes) -> dict[str, dict[str, bytes]]:
+    """Corrupt audio and text fields, each in a sample whose other fields are good."""
+    flipped = bytearray(good_wav)
+    flipped[0] ^= 0xFF  # "RIFF" no longer
+    return {
+        "header_cut_wav": {"wav": good_wav[:20]},
+        "bitflipped_wav": {"wav": bytes(flipped)},
+        "empty_wav": {"wav": b""},
+        "nan_wav": {"wav": nan_wav},
+        "invalid_utf8_txt": {"txt": b"the number \xff\xfe\xfa"},
+        "empty_txt": {"txt": b""},
+        "blank_txt": {"txt": b"  \n\t "},
+    }
+
+
+def corrupt_multimodal_shards(work: Path, seed: int = 0) -> dict[str, Any]:
+    """Shards of image + audio + text samples (digit images, tones, captions) with corrupt audio and
+    text fields mixed in, for a tri-modal model that requires every modality: each such sample is
+    skipped and counted, every good one trained on once."""
+    import numpy as np
+
+    from mmjepa.datasets import digits
+    from mmjepa.engine import load_recipe, train
+    from mmjepa.shards import write_shards
+    from mmjepa.tokenizer import train_tokenizer
+
+    work.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    captions = [f"the number {w}" for w in DIGIT_WORDS]
+    train_tokenizer(texts=captions * 20, vocab_size=60).save_pretrained(work / "tokenizer")
+    t = np.arange(8000) / 16000
+    tone = lambda label: (0.3 * np.sin(2 * np.pi * (200 + 60 * label) * t)).astype(np.float32)  # noqa: E731
+    nan_wave = tone(1)
+    nan_wave[100:200] = np.nan
+    items = digits("all")
+    samples = [{"__key__": f"g{i:05d}", "png": _png(np.asarray(it["image"])), "wav": _wav(tone(it["label"])),
+                "txt": captions[it["label"]].encode(), "cls": str(it["label"]).encode()}
+               for i, it in enumerate(items[:48])]
+    injected = []
+    for kind, fields in multimodal_corruptions(_wav(tone(3)), _wav(nan_wave, "FLOAT")).items():
+        good = dict(samples[rng.randrange(len(samples))])
+        pos = rng.randint(0, len(samples) - 2)  # never last: the run ends on a good sample
+        samples.insert(pos, {**good, "__key__": f"bad_{kind}", **fields})
+        injected.append(kind)
+    shard_dir = work / "shards"
+    shutil.rmtree(shard_dir, ignore_errors=True)
+    write_shards(samples, shard_dir, prefix="mm", max_count=20, progress=False)
+    modalities = {"image": dict(IMAGE),
+                  "audio": {"num_mel_bins": 32, "max_frames": 64, "patch_size": 16},
+                  "text": {"vocab_size": 60, "max_length": 12, "tokenizer": str(work / "tokenizer")}}
+    steps, batch = 48 // 8, 8
+    recipe = tiny_recipe(work / "run", sources=[{"type": "shards", "urls": str(shard_dir)}],
+                         model={"modalities": modalities},
+                         data={"shuffle": False, "error_window": 1000, "max_error_rate": 0.5},
+                         train={"max_steps": steps, "save_every": 0})
+    out = _case(trials=1, injected=injected)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = train(load_recipe(recipe))
+    except Exception as err:  # noqa: BLE001 - reported as a crash
+        out.update(crashes=1, error=f"{type(err).__name__}: {err}")
+        return out
+    exact = result.skipped_samples == len(injected)
+    out.update(steps=result.steps, expected_skipped=len(injected), reported_skipped=result.skipped_samples,
+               samples_trained=result.samples_seen, count_exact=exact, bad_inputs_tried=len(injected))
+    out["samples_lost"] = max(0, steps * batch - result.samples_seen)
+    out["survived"] = int(exact and result.steps == steps and result.samples_seen == steps * batch)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- NaN / Inf
 @contextlib.contextmanager
 def poisoned_loss(calls: Callable[[int], float | None]):
@@ -457,8 +544,7 @@ def disk_full(work: Path) -> dict[str, Any]:
     written); the run stops with one line, the previous checkpoint loads and the run resumes."""
     from accelerate import Accelerator
 
-    from mmjepa.engine import list_checkpoints, load_recipe, train
-    from mmjepa.engine.checkpoint import CheckpointError
+    from mmjepa.engine import load_recipe, train
 
     real = Accelerator.save_state
     calls = {"n": 0}
@@ -475,24 +561,97 @@ def disk_full(work: Path) -> dict[str, Any]:
     out = _case(trials=1, simulation="OSError(ENOSPC) raised by the checkpoint writer after 1 KiB")
     Accelerator.save_state = full_disk
     try:
-        train(load_recipe(recipe))
-        msg, clear = "no error", False
-    except CheckpointError as err:
-        msg = str(err)
-        clear = "\n" not in msg and "No space left on device" in msg and "intact" in msg
-    except Exception as err:  # noqa: BLE001
-        msg, clear = f"{type(err).__name__}: {err}", False
+        msg, clear = _train_until_the_disk_is_full(recipe)
     finally:
         Accelerator.save_state = real
-    ckpts = list_checkpoints(work / "run")
-    leftovers = list((work / "run" / "checkpoints").glob(".tmp_*"))
-    loads = [c.name for c in ckpts] == ["step_00000002"] and checkpoint_loads(ckpts[-1])
-    resumed = train(load_recipe(recipe))
-    out.update(message=msg, one_line_error=clear, previous_checkpoint_loads=loads, leftovers=len(leftovers),
+    loads, leftovers = _after_a_full_disk(work / "run")
+    return _full_disk_verdict(out, msg, clear, loads, leftovers, train(load_recipe(recipe)))
+
+
+def _train_until_the_disk_is_full(recipe: dict) -> tuple[str, bool]:
+    """Train; returns the error shown and whether it is the one line a full disk should give."""
+    from mmjepa.engine import load_recipe, train
+    from mmjepa.engine.checkpoint import CheckpointError
+
+    try:
+        train(load_recipe(recipe))
+        return "no error", False
+    except CheckpointError as err:
+        msg = str(err)
+        return msg, "\n" not in msg and "No space left on device" in msg and "intact" in msg
+    except Exception as err:  # noqa: BLE001
+        return f"{type(err).__name__}: {err}", False
+
+
+def _after_a_full_disk(run: Path) -> tuple[bool, int]:
+    """Whether the checkpoint before the failed one (step 2) is the latest and loads; half-written
+    folders left."""
+    from mmjepa.engine import list_checkpoints
+
+    ckpts = list_checkpoints(run)
+    leftovers = len(list((run / "checkpoints").glob(".tmp_*")))
+    return [c.name for c in ckpts] == ["step_00000002"] and checkpoint_loads(ckpts[-1]), leftovers
+
+
+def _full_disk_verdict(out: dict, msg: str, clear: bool, loads: bool, leftovers: int, resumed: Any) -> dict:
+    out.update(message=msg, one_line_error=clear, previous_checkpoint_loads=loads, leftovers=leftovers,
                resumed_from=resumed.resumed_from.name if resumed.resumed_from else None, resumed_steps=resumed.steps)
     out["checkpoints_lost"] = int(not loads)
     out["survived"] = int(clear and loads and not leftovers and resumed.steps == 8
                           and resumed.resumed_from is not None and resumed.resumed_from.name == "step_00000002")
+    return out
+
+
+def _mount_tmpfs(where: Path, size_kib: int) -> bool:
+    """Mount a tmpfs of ``size_kib`` KiB at ``where`` (needs root, or a container that allows it)."""
+    where.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(where)],
+                       capture_output=True, text=True)
+    return r.returncode == 0
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def disk_full_real(work: Path) -> dict[str, Any] | None:
+    """A real full disk: the run's output folder on a tmpfs with room for its recipe and one and a
+    half checkpoints, so that the second checkpoint write fails with ENOSPC from the kernel. None
+    where no tmpfs can be mounted (not root). Survived = a one-line error, the previous checkpoint
+    intact and loadable, no half-written folder left; the run, moved to a disk with room, resumes."""
+    from mmjepa.engine import list_checkpoints, load_recipe, train
+
+    # the size of one checkpoint of this model, measured on an ordinary disk
+    probe = tiny_recipe(work / "probe", train={"max_steps": 2, "save_every": 2, "export_every": 0})
+    train(load_recipe(probe))
+    ckpt_bytes = _folder_bytes(list_checkpoints(work / "probe")[-1])
+    other_bytes = sum(_folder_bytes(f) if f.is_dir() else f.stat().st_size for f in (work / "probe").iterdir()
+                      if f.name not in ("checkpoints", "export"))
+    mount = work / "small_disk"
+    if not _mount_tmpfs(mount, (other_bytes + int(1.5 * ckpt_bytes)) // 1024 + 64):
+        return None
+    out = _case(trials=1, simulation=None, disk_kib=(other_bytes + int(1.5 * ckpt_bytes)) // 1024 + 64,
+                checkpoint_kib=ckpt_bytes // 1024)
+    try:
+        msg, clear = _train_until_the_disk_is_full(tiny_recipe(mount / "run", train={"max_steps": 8, "save_every": 2}))
+        loads, leftovers = _after_a_full_disk(mount / "run")
+        moved = work / "roomy" / "run"
+        shutil.copytree(mount / "run", moved)
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+    resumed = train(load_recipe(tiny_recipe(moved, train={"max_steps": 8, "save_every": 2})))
+    return _full_disk_verdict(out, msg, clear, loads, leftovers, resumed)
+
+
+def disk_full_cases(work: Path) -> dict[str, Any]:
+    """The simulated full disk, and a real one (a small tmpfs) where the machine allows mounting."""
+    sim = disk_full(work / "simulated")
+    real = disk_full_real(work / "real")
+    if real is None:
+        return {**sim, "real_disk": "not run: no tmpfs could be mounted (needs root)"}
+    out = _case(trials=sim["trials"] + real["trials"], survived=sim["survived"] + real["survived"],
+                simulated=sim, real_disk=real)
+    out["checkpoints_lost"] = sim["checkpoints_lost"] + real["checkpoints_lost"]
     return out
 
 
@@ -616,8 +775,9 @@ def run_suite(trials: int = 10, quick: bool = False, seed: int = 0, workdir: str
     root.mkdir(parents=True, exist_ok=True)
     cases: dict[str, Callable[[], dict]] = {
         "nonfinite": lambda: nonfinite_steps(root / "nonfinite"),
-        "disk_full": lambda: disk_full(root / "disk_full"),
+        "disk_full": lambda: disk_full_cases(root / "disk_full"),
         "corrupt": lambda: corrupt_shards(root / "corrupt", seed=seed),
+        "corrupt_multimodal": lambda: corrupt_multimodal_shards(root / "corrupt_multimodal", seed=seed),
         "kill": lambda: kill_trials(root / "kill", trials=1 if quick else trials, seed=seed),
     }
     if not quick:

@@ -5,7 +5,9 @@ exact skipped count."""
 
 from __future__ import annotations
 
+import errno
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,6 +18,7 @@ import torch
 
 from mmjepa.bench import faults
 from mmjepa.engine import NonFiniteError, list_checkpoints, load_recipe, train
+from mmjepa.engine.checkpoint import CheckpointManager, no_space
 from mmjepa_cli import main as cli_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -105,6 +108,37 @@ def test_a_full_disk_while_saving_leaves_the_previous_checkpoint(tmp_path):
     r = faults.disk_full(tmp_path)
     assert r["survived"] == 1, r
     assert "No space left on device" in r["message"] and "step_00000002 is intact" in r["message"]
+
+
+@pytest.mark.parametrize("err, code", [
+    (OSError(errno.ENOSPC, "No space left on device"), errno.ENOSPC),
+    (OSError(errno.EDQUOT, "Disk quota exceeded"), errno.EDQUOT),
+    (RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"), errno.ENOSPC),
+    (RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0: "
+                  "file write failed"), errno.ENOSPC),
+    (OSError(errno.EACCES, "Permission denied"), None),
+    (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 65536 vs 65424"), None),
+])
+def test_full_disk_errors_are_recognised_in_every_writers_words(err, code):
+    assert no_space(err) == code
+
+
+def test_a_write_failing_without_saying_why_on_a_full_disk_counts_as_full(tmp_path, monkeypatch):
+    """torch.save on a full disk may only say "unexpected pos ...": then the free space decides."""
+    mgr = CheckpointManager(None, tmp_path)
+    (tmp_path / "checkpoints" / "step_00000002").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "step_00000002" / "model.safetensors").write_bytes(b"\0" * 5000)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=4000))
+    assert mgr._out_of_space() == errno.ENOSPC
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=6000))
+    assert mgr._out_of_space() is None
+
+
+def test_corrupt_audio_and_text_fields_are_skipped_and_counted_exactly(tmp_path):
+    r = faults.corrupt_multimodal_shards(tmp_path)
+    assert r["crashes"] == 0, r.get("error")
+    assert r["reported_skipped"] == r["expected_skipped"] == 7 and r["samples_trained"] == 48 and r["survived"] == 1
 
 
 def test_corrupt_shards_are_skipped_and_counted_exactly(tmp_path):

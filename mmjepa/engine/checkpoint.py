@@ -27,6 +27,21 @@ import yaml
 CKPT_PREFIX = "step_"
 # write errors that mean "no room": the half-written checkpoint is removed and the run stops in one line
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# how writers that are not Python file objects report a full disk: safetensors ("os error 28"),
+# torch.save's stream writer ("file write failed"), and the messages of the errnos above
+_NO_SPACE_TEXT = ("No space left on device", "os error 28", "Disk quota exceeded", "File too large",
+                  "file write failed")
+
+
+def no_space(err: BaseException) -> int | None:
+    """The errno of a write that failed for want of space (ENOSPC, EDQUOT, EFBIG), else None.
+    Writers in Rust or C++ (safetensors, torch.save) raise their own errors with the reason in words."""
+    if isinstance(err, OSError) and err.errno in NO_SPACE:
+        return err.errno
+    text = str(err)
+    if any(t in text for t in _NO_SPACE_TEXT):
+        return errno.EDQUOT if "quota" in text else errno.EFBIG if "too large" in text else errno.ENOSPC
+    return None
 
 
 class CheckpointError(OSError):
@@ -146,14 +161,15 @@ class CheckpointManager:
             if acc.is_main_process:
                 shutil.copy(recipe_file, tmp / "recipe.yaml")
                 fsync_dir(tmp)
-        except OSError as err:
-            if err.errno not in NO_SPACE:
+        except Exception as err:  # noqa: BLE001 - a full disk is reported in one line; the rest is re-raised
+            code = no_space(err) or self._out_of_space()
+            if code is None:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # give the space back
             prev = self.latest()
             kept = f"the previous checkpoint {prev} is intact" if prev is not None else "there is no earlier checkpoint"
-            raise CheckpointError(err.errno, f"could not write the checkpoint of step {step} into {self.root}: "
-                                  f"{os.strerror(err.errno)}; {kept}. Free some space (or set "
+            raise CheckpointError(code, f"could not write the checkpoint of step {step} into {self.root}: "
+                                  f"{os.strerror(code)}; {kept}. Free some space (or set "
                                   "train.output_dir elsewhere) and run the same command to resume") from None
         if acc.is_main_process:
             atomic_replace_dir(tmp, final)
@@ -161,6 +177,18 @@ class CheckpointManager:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
         return final
+
+    def _out_of_space(self) -> int | None:
+        """ENOSPC when the disk under the run has less room left than a checkpoint takes (the
+        previous one's size, or 64 MiB before the first): a write that failed with a message that
+        does not say why (torch.save's "unexpected pos ...") most likely ran out of space."""
+        prev = self.latest()
+        needed = sum(f.stat().st_size for f in prev.rglob("*") if f.is_file()) if prev is not None else 64 << 20
+        try:
+            free = shutil.disk_usage(self.root).free
+        except OSError:
+            return None
+        return errno.ENOSPC if free < needed else None
 
     def load(self, ckpt: Path) -> dict[str, Any]:
         """Restore accelerate's state from ``ckpt``; returns this process's trainer state."""
@@ -179,9 +207,19 @@ class CheckpointManager:
             tmp = self.out / ".tmp_export"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            shutil.copy(recipe_file, tmp / "recipe.yaml")  # first: the model card describes the training
-            (tmp / "training_state.json").write_text(json.dumps(info))
-            save(tmp, state_dict)
+            try:
+                shutil.copy(recipe_file, tmp / "recipe.yaml")  # first: the model card describes the training
+                (tmp / "training_state.json").write_text(json.dumps(info))
+                save(tmp, state_dict)
+            except Exception as err:  # noqa: BLE001 - as in save(): a full disk in one line
+                code = no_space(err) or self._out_of_space()
+                if code is None:
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+                prev = self.latest()
+                kept = f"the last checkpoint {prev} is intact" if prev is not None else "there is no checkpoint"
+                raise CheckpointError(code, f"could not write the export into {dest}: {os.strerror(code)}; {kept}. "
+                                      "Free some space and run the same command to write it") from None
             atomic_replace_dir(tmp, dest)
         acc.wait_for_everyone()
         return dest
