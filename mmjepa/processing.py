@@ -178,12 +178,9 @@ class MMJepaProcessor(ProcessorMixin):
                 if options.get(key) == HERE:
                     options[key] = ref
             cfg = mod.make_config(options)
-            role = entry.get("role")
-            if role == "tokenizer" and entry.get("saved"):
+            if entry.get("role") == "tokenizer" and entry.get("saved"):  # files of their own
                 processors[name] = mod.from_hf_object(cfg, AutoTokenizer.from_pretrained(ref, **hub))
-            elif role and entry.get("saved"):
-                processors[name] = mod.from_hf_object(cfg, mod.processor_class(cfg))
-            else:
+            else:  # an image processor or feature extractor is its options
                 processors[name] = mod.build_processor(cfg)
         return cls(processors)
 

@@ -81,12 +81,10 @@ class StopRequest:
             signal.signal(sig, old)
         self._old = {}
 
-    def requested(self, accelerator: Accelerator) -> bool:
-        """Whether any process was asked to stop (one small all-reduce per step when distributed)."""
-        if accelerator.num_processes == 1:
-            return self.signum is not None
-        flag = torch.tensor([0.0 if self.signum is None else 1.0], device=accelerator.device)
-        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+    @property
+    def requested(self) -> bool:
+        """Whether this process was asked to stop (the processes agree in :meth:`Trainer.train_step`)."""
+        return self.signum is not None
 
 
 class CollapseError(RuntimeError):
@@ -174,7 +172,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.skipped_steps = 0  # steps skipped for a non-finite loss or gradient norm, in all
         self.bad_in_a_row = 0  # consecutive ones up to now
-        self.last_step_skipped = False
+        self.stop: StopRequest | None = None  # set while run() trains
+        self.stop_agreed = False  # some process was asked to stop (agreed in the last train_step)
         self._good_in_window = 0  # logged means are over the good steps of the window
         self._monitors: dict[str, torch.Tensor] = {}  # the collapse monitors of the last logged step
 
@@ -341,7 +340,7 @@ class Trainer:
         run_t0, first_step_done_t, steps_this_run = time.perf_counter(), None, 0
         last_ckpt = resumed
         export_dir = None
-        with StopRequest() as stop:
+        with StopRequest() as self.stop:
             try:
                 while self.step < self.total_steps:
                     lr, wd, momentum = self.hyperparams(self.step)
@@ -384,7 +383,7 @@ class Trainer:
                         export_dir = self.export()
                     for cb in self.callbacks:
                         cb(self.step, logs)
-                    if stop.requested(acc) and self.step < self.total_steps:  # at the last step: finish
+                    if self.stop_agreed and self.step < self.total_steps:  # at the last step: finish
                         if last_ckpt is None or checkpoint_step(last_ckpt) != self.step:
                             last_ckpt = self.save_checkpoint()
                         raise KeyboardInterrupt
@@ -457,10 +456,12 @@ class Trainer:
             norm = grad_norm if grad_norm is not None else torch.nn.utils.get_total_norm(
                 [p.grad for p in self.model.parameters() if p.grad is not None])
             bad = not bool(torch.isfinite(torch.as_tensor(norm)))
-        if acc.num_processes > 1:  # every process skips, or none does
-            flag = torch.tensor([1.0 if bad else 0.0], device=acc.device)
-            bad = bool(acc.reduce(flag, reduction="sum").item() > 0)
-        self.last_step_skipped = bad
+        # every process skips, or none does; every process stops, or none does: one all-reduce
+        stopping = self.stop is not None and self.stop.requested
+        if acc.num_processes > 1:
+            flags = acc.reduce(torch.tensor([float(bad), float(stopping)], device=acc.device), reduction="sum")
+            bad, stopping = bool(flags[0] > 0), bool(flags[1] > 0)
+        self.stop_agreed = stopping
         if bad and saved_buffers is not None:
             centers.load_state_dict(saved_buffers)
         if bad and not fp16:

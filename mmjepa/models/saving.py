@@ -79,20 +79,11 @@ class SavingMixin:
         finally:
             config.modalities, config.backbones, config.checkpoint_contents = original
         processor.save_pretrained(folder)
-        if model_card and not _written_by_someone_else(folder / CARD_FILE):
-            if metrics is None and (folder / METRICS_FILE).is_file():
-                metrics = json.loads((folder / METRICS_FILE).read_text())
-            sizes = {"total": self.num_parameters(),
-                     **{m: sum(p.numel() for p in self.target_encoders[m].parameters()) for m in self.modality_names}}
-            (folder / CARD_FILE).write_text(card_text(self.config, folder, metrics=metrics, num_parameters=sizes))
+        if model_card:
+            write_card(self, folder, metrics)
         if push_to_hub:
             repo_id = kwargs.pop("repo_id", None) or folder.name
-            self._upload_folder(folder, repo_id, **{k: kwargs[k] for k in ("token", "private", "commit_message")
-                                                    if k in kwargs})
-
-    def _upload_folder(self, folder: Path, repo_id: str, token: str | None = None, private: bool | None = None,
-                       commit_message: str | None = None) -> str:
-        return upload_folder(folder, repo_id, token=token, private=private, commit_message=commit_message)
+            upload_folder(folder, repo_id, **{k: kwargs[k] for k in ("token", "private", "commit_message") if k in kwargs})
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args: Any,
@@ -166,6 +157,20 @@ def _refuse_pickle_only_folder(path: str | Path, subfolder: str = "") -> None:
                          "pytorch_model.bin through torch.load(weights_only=True), or convert it to safetensors")
 
 
+def write_card(model: Any, folder: Path, metrics: dict[str, Any] | None = None, license: str = "apache-2.0",
+               repo_id: str | None = None) -> None:
+    """(Re)write the model card ``folder/README.md`` of ``model``, unless the folder holds one that
+    mmjepa did not write; ``metrics`` default to the folder's ``metrics.json``."""
+    if _written_by_someone_else(folder / CARD_FILE):
+        return
+    if metrics is None and (folder / METRICS_FILE).is_file():
+        metrics = json.loads((folder / METRICS_FILE).read_text())
+    sizes = {"total": model.num_parameters(),
+             **{m: sum(p.numel() for p in model.target_encoders[m].parameters()) for m in model.modality_names}}
+    (folder / CARD_FILE).write_text(card_text(model.config, folder, metrics=metrics, license=license,
+                                              repo_id=repo_id, num_parameters=sizes))
+
+
 def upload_folder(folder: Path, repo_id: str, token: str | None = None, private: bool | None = None,
                   commit_message: str | None = None) -> str:
     """Create the Hub repository (if missing) and upload ``folder`` into it; returns the repo id."""
@@ -182,15 +187,8 @@ def run_push(args: Any) -> int:
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder}: no config.json; give a folder written by save_pretrained or training's export")
     metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
-    if metrics is None and (folder / METRICS_FILE).is_file():
-        metrics = json.loads((folder / METRICS_FILE).read_text())
     model = AutoModel.from_pretrained(folder)  # an MMJepaModel (registered by mmjepa.models)
-    if not _written_by_someone_else(folder / CARD_FILE):
-        sizes = {"total": model.num_parameters(),
-                 **{m: sum(p.numel() for p in model.target_encoders[m].parameters()) for m in model.modality_names}}
-        flat = {k: v for k, v in (metrics or {}).items() if not isinstance(v, dict)}
-        (folder / CARD_FILE).write_text(card_text(model.config, folder, metrics=flat, license=args.license,
-                                                  repo_id=args.repo_id, num_parameters=sizes))
+    write_card(model, folder, metrics, license=args.license, repo_id=args.repo_id)
     files = sorted(p.name for p in folder.iterdir())
     if args.dry_run:
         print(f"would upload to {args.repo_id}: {', '.join(files)}")
