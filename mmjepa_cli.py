@@ -204,11 +204,15 @@ def _bench(p: argparse.ArgumentParser) -> None:
     add = _subcommands(p, "bench")
     sp = add("speed", help="training/inference speed against lightly and transformers' IJepaModel")
     sp.add_argument("--json", help="write the results to this JSON file")
-    sp.add_argument("--precision", default="fp32,bf16", help="comma list of fp32,bf16")
+    sp.add_argument("--precision", default="fp32,bf16",
+                    help="comma list of fp32,bf16 (bf16 is skipped on a CPU without native bf16 matmul)")
     sp.add_argument("--repeats", type=int, default=7, help="timed rounds (median reported), >= 5 for the record")
     sp.add_argument("--warmup", type=int, default=2)
     sp.add_argument("--steps", type=int, default=4, help="steps (distinct mask batches) per timed round")
-    sp.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    sp.add_argument("--threads", default="1,0",
+                    help="comma list of torch thread counts, each measured in turn (0: torch's default; default 1,0)")
+    sp.add_argument("--force-bf16", action="store_true",
+                    help="time bf16 even on a CPU without native bf16 matmul (skipped there by default)")
     sp.add_argument("--masks", choices=("shared", "own"), default="shared",
                     help="shared: both training implementations use mmjepa's masks; own: lightly uses its collator")
     sp.add_argument("--compile", action="store_true", help="also time mmjepa under torch.compile (inductor)")
@@ -247,6 +251,16 @@ def _bench(p: argparse.ArgumentParser) -> None:
                     help="a short run (one kill -9 trial, inside a checkpoint write; no 2-process case): < 2 min")
     fp.add_argument("--seed", type=int, default=0, help="seed of the kill moments and corrupt-sample positions")
     fp.add_argument("--workdir", default=None, help="keep the runs here (default: a temporary folder, removed)")
+    sc = add("scaling", help="mmjepa train samples/s: 1 process vs 2 gloo processes vs 1 process with 2 threads (CPU)")
+    sc.add_argument("--json", default=None, help="write the results to this JSON file")
+    sc.add_argument("--recipe", default=None, help="the recipe trained (default: the CPU digits one)")
+    sc.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the 3 configurations (median reported)")
+    sc.add_argument("--warmup", type=int, default=20, help="steps before the timed ones (a multiple of --log-every)")
+    sc.add_argument("--steps", type=int, default=120, help="timed steps per run (a multiple of --log-every)")
+    sc.add_argument("--log-every", type=int, default=20, help="train.log_every of the runs: the timed windows")
+    sc.add_argument("--timeout", type=float, default=600.0, help="seconds a single run may take (default 600)")
+    sc.add_argument("--workdir", default=None, help="keep the runs here (default: a temporary folder, removed)")
+    sc.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides (e.g. data.batch_size=32)")
     qp = add("quality", help="quality on real data: fsdd | shakespeare | spoken_digits | tuxpaint")
     qp.add_argument("name", choices=("fsdd", "shakespeare", "spoken_digits", "tuxpaint"), metavar="NAME",
                     help="fsdd (audio probe) | shakespeare (span filling vs BERT) | spoken_digits, tuxpaint "
@@ -263,6 +277,25 @@ def _bench(p: argparse.ArgumentParser) -> None:
     qp.add_argument("--ablation", action="store_true",
                     help="spoken_digits: also train the alignment options without contrastive negatives")
     qp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
+    tp = add("tta", help="time to accuracy: training seconds to a fixed frozen-probe accuracy, per training option")
+    tp.add_argument("--json", default=None, help="write the results here (the plot goes beside it, .png)")
+    tp.add_argument("--datasets", default="digits,fsdd", help="comma list of digits,fsdd (default both)")
+    tp.add_argument("--options", default="reference,corners,crop,mask_sets,context_once,combined",
+                    help="comma list of reference,corners,crop,mask_sets,context_once,combined (default all)")
+    tp.add_argument("--budget", type=float, default=None,
+                    help="training seconds per option before a run gives up (default 240; --quick: 20)")
+    tp.add_argument("--eval-every", type=int, default=None, help="steps between probes (default 50)")
+    tp.add_argument("--digits-target", type=float, default=0.90,
+                    help="digits probe accuracy to reach (default 0.90: random init 0.869, the recipe 0.913)")
+    tp.add_argument("--fsdd-target", type=float, default=0.975,
+                    help="FSDD probe accuracy to reach (default 0.975: random init 0.960, the recipe 0.983)")
+    tp.add_argument("--steps-factor", type=float, default=1.0,
+                    help="train.max_steps of each recipe times this (the LR / EMA schedules follow; default 1)")
+    tp.add_argument("--quick", action="store_true",
+                    help="a smoke test of the harness: 4 steps, a small probe set (the numbers mean nothing)")
+    tp.add_argument("--workdir", default="runs/bench_tta", help="the runs' output folders")
+    tp.add_argument("--seed", type=int, default=0, help="torch's global seed (each run uses its recipe's seeds)")
+    tp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides for every run")
 
 
 def _convert(p: argparse.ArgumentParser) -> None:
@@ -306,7 +339,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] 
     "tokenizer": ("train a SentencePiece-style tokenizer: tokenizer train ...", _tokenizer, "mmjepa.tokenizer:run"),
     "demo": ("the tri-modal quickstart on spoken digits: train ~5 minutes on a CPU, retrieve, draw a report",
              _demo, "mmjepa.demo:run"),
-    "bench": ("benchmarks: speed | data | retrieval | quality | faults", _bench, "mmjepa.bench.cli:run"),
+    "bench": ("benchmarks: speed | data | retrieval | quality | faults | scaling | tta", _bench, "mmjepa.bench.cli:run"),
     "push": ("upload a model folder (weights, processor, model card) to the Hugging Face Hub: push MODEL_DIR "
              "REPO_ID", _push, "mmjepa.models.saving:run_push"),
     "convert": ("convert checkpoints: ijepa (official .pth.tar or IJepaModel -> mmjepa) | to-hf (mmjepa -> "

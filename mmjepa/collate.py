@@ -7,6 +7,11 @@ masks are made here, in the data loader, and applied in the model by gather.
 A sample may hold any subset of the modalities. Each modality's part of the batch holds only the
 samples that have it, in order, and ``batch["present"][m]`` (Bm,) gives their positions in the
 batch; a modality no sample of the batch has is left out.
+
+``mask_sets`` R > 1 draws R independent mask sets per sample (data2vec 2.0's multi-mask training):
+the sampler is called for Bm*R rows (the validity mask repeated R times) and row b*R + r of every
+mask tensor is set r of sample b; the model inputs are not repeated. R = 1 draws exactly the masks
+it always did.
 """
 
 from __future__ import annotations
@@ -29,18 +34,22 @@ class MaskCollator:
     reproducible; ``state_dict`` / ``load_state_dict`` carry it for exact resume.
     """
 
-    def __init__(self, modalities: dict[str, tuple[type[Modality], Any, Any]], seed: int = 0):
+    def __init__(self, modalities: dict[str, tuple[type[Modality], Any, Any]], seed: int = 0, mask_sets: int = 1):
+        if isinstance(mask_sets, bool) or not isinstance(mask_sets, int) or mask_sets < 1:
+            raise ValueError(f"mask_sets must be an int >= 1, got {mask_sets!r}")
         self.modalities = dict(modalities)
+        self.mask_sets = mask_sets
         self.generator = torch.Generator().manual_seed(seed)
 
     @classmethod
     def from_config(cls, config: Any, seed: int = 0) -> "MaskCollator":
-        """The collator of an ``MMJepaConfig``: each modality's own collate and default mask sampler."""
+        """The collator of an ``MMJepaConfig``: each modality's own collate and default mask sampler,
+        ``config.mask_sets`` mask sets per sample."""
         parts = {}
         for name in config.modalities:
             mod, cfg = get_modality(name), config.modality_config(name)
             parts[name] = (mod, cfg, mod.build_mask_sampler(cfg))
-        return cls(parts, seed)
+        return cls(parts, seed, getattr(config, "mask_sets", 1))
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         if not samples:
@@ -56,7 +65,10 @@ class MaskCollator:
                 continue
             part = mod.collate([samples[i] for i in rows], cfg)
             batch.update(part)
-            masks[name] = sampler(len(rows), self.generator, valid=mod.valid_tokens(part))
+            valid, R = mod.valid_tokens(part), self.mask_sets
+            if R > 1 and valid is not None:
+                valid = valid.repeat_interleave(R, 0)  # (Bm*R, N): row b*R + r is sample b
+            masks[name] = sampler(len(rows) * R, self.generator, valid=valid)
             present[name] = torch.tensor(rows, dtype=torch.long)
         if not masks:
             raise ValueError(f"no sample holds any of the modalities {list(self.modalities)}")

@@ -3,6 +3,14 @@
 Parameter names follow the timm / I-JEPA ViT layout (``norm1``, ``attn.qkv``, ``attn.proj``,
 ``norm2``, ``mlp.fc1``, ``mlp.fc2``) so that published ViT and I-JEPA checkpoints map onto them
 one tensor to one tensor.
+
+Attention has two kernels, chosen per call by ``attention(..., backend)``: PyTorch's fused
+``F.scaled_dot_product_attention`` ("sdpa": flash / memory-efficient kernels on GPU) and plain
+matmul attention ("matmul": ``softmax(q k^T / sqrt(d)) v`` as in the research I-JEPA code, the two
+matmuls in the autocast dtype, the softmax in fp32). On a CPU with bf16 matrix units the matmul
+form is the faster one under bf16 autocast, because SDPA's CPU flash kernel (its backward above all)
+does not use them; ``"auto"`` therefore picks matmul on CPU in bf16/fp16 for sequences of at most
+``MATMUL_MAX_TOKENS`` tokens (its (N, N) scores are materialised) and SDPA everywhere else.
 """
 
 from __future__ import annotations
@@ -75,15 +83,77 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return out.type_as(x)
 
 
+# ----------------------------------------------------------------------------- attention
+ATTENTION_BACKENDS = ("auto", "sdpa", "matmul")
+MATMUL_MAX_TOKENS = 1024  # "auto" materialises (N, N) scores only up to this sequence length
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def check_attention_backend(backend: str) -> str:
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
+    return backend
+
+
+def resolve_attention_backend(q: torch.Tensor, k: torch.Tensor, backend: str = "auto") -> str:
+    """The kernel ``attention`` runs for these tensors: ``backend`` itself unless it is ``"auto"``,
+    which means matmul on CPU when the compute dtype is bf16/fp16 (CPU autocast with a
+    low-precision dtype, or low-precision tensors) and the sequences are at most
+    ``MATMUL_MAX_TOKENS`` long, SDPA otherwise."""
+    if backend != "auto":
+        return check_attention_backend(backend)
+    if q.device.type != "cpu" or max(q.shape[-2], k.shape[-2]) > MATMUL_MAX_TOKENS:
+        return "sdpa"
+    low = q.dtype in _LOW_PRECISION or (torch.is_autocast_enabled("cpu")
+                                        and torch.get_autocast_dtype("cpu") in _LOW_PRECISION)
+    return "matmul" if low else "sdpa"
+
+
+def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d)) v`` for q (B, H, Nq, d), k and v (B, H, Nk, d) -> (B, H, Nq, d).
+
+    The matmuls run in the inputs' (or autocast's) dtype, the softmax in fp32. ``attn_mask`` as in
+    SDPA: boolean (True = attend) or additive float, broadcastable to (B, H, Nq, Nk); a query whose
+    keys are all masked gets 0, as SDPA returns."""
+    scores = (q @ k.transpose(-2, -1)).float() * q.shape[-1] ** -0.5  # (B, H, Nq, Nk) fp32
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    elif attn_mask is not None:
+        scores = scores + attn_mask
+    attn = scores.softmax(-1)
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        attn = attn.masked_fill(~attn_mask, 0.0)  # fully masked rows: NaN -> 0
+    return attn.to(v.dtype) @ v  # (B, H, Nq, d)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+              backend: str = "auto") -> torch.Tensor:
+    """Scaled dot-product attention (B, H, N, d) -> (B, H, N, d) through the kernel that
+    ``resolve_attention_backend`` picks; ``attn_mask`` (B, 1, 1, N) bool, True = attend."""
+    if resolve_attention_backend(q, k, backend) == "matmul":
+        return matmul_attention(q, k, v, attn_mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+
+def set_attention_backend(module: nn.Module, backend: str) -> None:
+    """Switch every ``Attention`` layer under ``module`` to ``backend`` (no weights change)."""
+    check_attention_backend(backend)
+    for m in module.modules():
+        if isinstance(m, Attention):
+            m.backend = backend
+
+
 # ----------------------------------------------------------------------------- blocks
 class Attention(nn.Module):
-    """Multi-head self-attention through ``F.scaled_dot_product_attention`` with one fused qkv matmul."""
+    """Multi-head self-attention with one fused qkv matmul; the kernel is ``attention(..., backend)``."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, backend: str = "auto"):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
+        self.backend = check_attention_backend(backend)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
@@ -100,7 +170,7 @@ class Attention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (B, H, N, hd) each
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, N, hd)
+        x = attention(q, k, v, attn_mask, self.backend)  # (B, H, N, hd)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
 
@@ -117,10 +187,11 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, eps: float = 1e-6):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, eps: float = 1e-6,
+                 attention_backend: str = "auto"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.attn = Attention(dim, num_heads, qkv_bias, attention_backend)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
 
@@ -132,9 +203,11 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """A stack of blocks and a final LayerNorm, with optional activation checkpointing."""
 
-    def __init__(self, dim: int, depth: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, eps: float):
+    def __init__(self, dim: int, depth: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, eps: float,
+                 attention_backend: str = "auto"):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, qkv_bias, eps) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, qkv_bias, eps, attention_backend)
+                                    for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.gradient_checkpointing = False
 

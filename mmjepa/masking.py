@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import torch
 
 MaskSet = dict[str, torch.Tensor]
+CORNERS = ("reference", "full")  # where MultiBlock2D may put a block's top-left corner
 
 
 def _check_range(name: str, lo_hi: tuple[float, float], lo: float, hi: float) -> tuple[float, float]:
@@ -45,8 +46,13 @@ class MultiBlock2D:
     batch so that the encoders see equal lengths without padding.
 
     Faithful to the reference code, including two of its conventions: one uniform draw sets both
-    the scale and the aspect ratio of a block, and a block's top-left corner is drawn from
-    ``[0, H - h)`` x ``[0, W - w)``.
+    the scale and the aspect ratio of a block, and (with ``corners="reference"``, the default) a
+    block's top-left corner is drawn from ``[0, H - h)`` x ``[0, W - w)``. That half-open draw never
+    places a block on the last row or column of the grid: those patches are never a target nor
+    context, and a context block of the largest size (``H - 1`` rows) always sits at the top-left.
+    On ImageNet's 14x14 grid one patch row of fourteen is lost; on small grids the share is larger.
+    ``corners="full"`` draws the corner from ``[0, H - h]`` x ``[0, W - w]`` inclusive, so every
+    patch can be a target or context; the default is kept to reproduce the reference bit for bit.
     """
 
     grid: tuple[int, int]
@@ -57,10 +63,13 @@ class MultiBlock2D:
     context_aspect: tuple[float, float] = (1.0, 1.0)
     min_keep: int = 4
     allow_overlap: bool = False
+    corners: str = "reference"  # "reference": corners in [0, H - h), as I-JEPA; "full": [0, H - h]
 
     def __post_init__(self):
         self.grid = (int(self.grid[0]), int(self.grid[1]))
         H, W = self.grid
+        if self.corners not in CORNERS:
+            raise ValueError(f"corners must be one of {CORNERS}, got {self.corners!r}")
         if H < 2 or W < 2:
             raise ValueError(f"multi-block masking needs a grid of at least 2x2 tokens, got {self.grid}")
         if self.num_targets < 1:
@@ -87,9 +96,10 @@ class MultiBlock2D:
         H, W = self.grid
         h, w = size
         tries, timeout = 0, 20
+        end = 1 if self.corners == "full" else 0  # "full": the last corner row / column is allowed too
         while True:
-            top = int(torch.randint(0, H - h, (1,), generator=g))
-            left = int(torch.randint(0, W - w, (1,), generator=g))
+            top = int(torch.randint(0, H - h + end, (1,), generator=g))
+            left = int(torch.randint(0, W - w + end, (1,), generator=g))
             mask = torch.zeros(H, W, dtype=torch.bool)
             mask[top : top + h, left : left + w] = True
             if allowed is not None:

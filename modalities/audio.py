@@ -28,7 +28,7 @@ from transformers.feature_extraction_sequence_utils import SequenceFeatureExtrac
 from transformers.feature_extraction_utils import BatchFeature
 
 from mmjepa.layers import masked_mean
-from mmjepa.masking import MultiBlock2D, pack_indices
+from mmjepa.masking import CORNERS, MultiBlock2D, pack_indices
 
 from .base import GridPatchEmbed, Modality, options_of, pair, register_modality
 
@@ -45,7 +45,9 @@ class AudioConfig:
     ``padding``: ``"mask"`` marks the tokens of padded frames invalid, ``"zeros"`` treats the
     zero padding as signal (every token valid). ``mask``: ``"tf_blocks"`` (A-JEPA-style blocks that
     span all frequencies over a time range, or all time over a frequency range) or ``"multiblock"``
-    (I-JEPA blocks on the (F, T) grid).
+    (I-JEPA blocks on the (F, T) grid). ``mask_corners`` (multiblock only): ``"reference"`` draws a
+    block's corner as I-JEPA does, never reaching the last frequency row and time column of the
+    clip; ``"full"`` lets blocks reach every patch (the tf_blocks placement always covers them all).
     """
 
     sample_rate: int = 16000
@@ -69,6 +71,7 @@ class AudioConfig:
     target_aspect: tuple[float, float] = (0.75, 1.5)
     context_scale: tuple[float, float] = (0.85, 1.0)
     min_keep: int = 4
+    mask_corners: str = "reference"  # multiblock: "reference" (I-JEPA's corner draw) or "full"
 
     def __post_init__(self):
         pf, pt = pair(self.patch_size)
@@ -79,6 +82,8 @@ class AudioConfig:
             raise ValueError(f"padding must be 'mask' or 'zeros', got {self.padding!r}")
         if self.mask not in ("tf_blocks", "multiblock"):
             raise ValueError(f"mask must be 'tf_blocks' or 'multiblock', got {self.mask!r}")
+        if self.mask_corners not in CORNERS:
+            raise ValueError(f"mask_corners must be one of {CORNERS}, got {self.mask_corners!r}")
         if not self.std > 0:
             raise ValueError(f"std must be > 0, got {self.std}")
         if self.sample_rate <= 0:
@@ -415,19 +420,21 @@ class ValidMultiBlock:
     target_aspect: tuple[float, float] = (0.75, 1.5)
     context_scale: tuple[float, float] = (0.85, 1.0)
     min_keep: int = 4
+    corners: str = "reference"  # MultiBlock2D's corner draw
 
     def __post_init__(self):
         self.grid = (int(self.grid[0]), int(self.grid[1]))
         self._samplers: dict[int, MultiBlock2D] = {}
         self.full = MultiBlock2D(self.grid, self.num_targets, self.target_scale, self.target_aspect,
-                                 self.context_scale, min_keep=self.min_keep)
+                                 self.context_scale, min_keep=self.min_keep, corners=self.corners)
 
     def _sub(self, Tv: int) -> MultiBlock2D:
         if Tv not in self._samplers:
             # small sub-grids cannot honour min_keep: keep at least one token per block there
             keep = max(0, min(self.min_keep, int(0.1 * self.grid[0] * Tv) - 1))
             self._samplers[Tv] = MultiBlock2D((self.grid[0], Tv), self.num_targets, self.target_scale,
-                                              self.target_aspect, self.context_scale, min_keep=keep)
+                                              self.target_aspect, self.context_scale, min_keep=keep,
+                                              corners=self.corners)
         return self._samplers[Tv]
 
     def __call__(self, batch_size: int, generator: torch.Generator, valid: torch.Tensor | None = None,
@@ -489,7 +496,7 @@ class AudioModality(Modality):
     def build_mask_sampler(cls, cfg: AudioConfig):
         if cfg.mask == "multiblock":
             return ValidMultiBlock(cfg.grid, cfg.num_targets, cfg.target_scale, cfg.target_aspect,
-                                   cfg.context_scale, cfg.min_keep)
+                                   cfg.context_scale, cfg.min_keep, corners=cfg.mask_corners)
         return TimeFrequencyBlocks(cfg.grid, cfg.num_time_targets, cfg.num_freq_targets, cfg.time_scale,
                                    cfg.freq_scale)
 

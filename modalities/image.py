@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
-from mmjepa.masking import MultiBlock2D, RandomPatch
+from mmjepa.masking import CORNERS, MultiBlock2D, RandomPatch
 
 from .base import GridPatchEmbed, Modality, options_of, pair, register_modality
 
@@ -41,6 +41,9 @@ class ImageConfig:
     context_scale: tuple[float, float] = (0.85, 1.0)
     min_keep: int = 4
     allow_overlap: bool = False
+    # where a block's top-left corner may go: "reference" (I-JEPA's draw, which never reaches the
+    # last row and column of patches) or "full" (every patch can be a target or context)
+    mask_corners: str = "reference"
     mask_ratio: float = 0.6  # for mask="random"
     # training augmentation (the data pipeline only; never at evaluation): a random resized crop
     # covering crop_scale of the image with an aspect ratio in crop_ratio (I-JEPA: scale 0.3-1.0),
@@ -61,6 +64,8 @@ class ImageConfig:
             raise ValueError(f"resize must be 'shortest_edge' or 'exact', got {self.resize!r}")
         if self.mask not in ("multiblock", "random"):
             raise ValueError(f"mask must be 'multiblock' or 'random', got {self.mask!r}")
+        if self.mask_corners not in CORNERS:
+            raise ValueError(f"mask_corners must be one of {CORNERS}, got {self.mask_corners!r}")
         if self.crop_scale is not None:
             lo, hi = self.crop_scale
             if not 0 < lo <= hi <= 1:
@@ -336,4 +341,5 @@ class ImageModality(Modality):
             context_scale=cfg.context_scale,
             min_keep=cfg.min_keep,
             allow_overlap=cfg.allow_overlap,
+            corners=cfg.mask_corners,
         )

@@ -5,7 +5,9 @@
     the keys exactly once;
 (b) 2 processes x batch b reach the weights of 1 process x batch 2b (within 1e-5);
 (c) a run whose rank dies mid-way ends with a clear error instead of hanging (d), and resuming it
-    reaches the weights of the uninterrupted run.
+    reaches the weights of the uninterrupted run;
+(e) FSDP2 (torch's fully_shard, through torchrun) matches one process, with the EMA update on each
+    rank's own shards of the targets and no collective during it.
 """
 
 from __future__ import annotations
@@ -213,11 +215,33 @@ FSDP_SCRIPT = textwrap.dedent('''
         fully_shard(model)
     opt = build_optimizer(model, lr=1e-3, fused=False)
     stream = DataStream(DataPipeline(recipe.data, recipe.model_config(), rank, world))
+    checks = []
     for step in range(3):
         model(**model_inputs(next(stream))).loss.backward()
         opt.step()
         opt.zero_grad()
-        model.update_target(model.momentum(step, 3))  # EMA on the local shards
+        if world == 1:
+            model.update_target(model.momentum(step, 3))
+            continue
+        # EMA on the local shards: the targets are sharded DTensors and the update runs shard by
+        # shard, with no collective (CommDebugMode sees torch.distributed's and DTensor's collectives)
+        from torch.distributed.tensor import DTensor
+        from torch.distributed.tensor.debug import CommDebugMode
+        targets = list(model.target_encoders.parameters())
+        before = [p.to_local().clone() for p in targets]
+        with CommDebugMode() as ema_comms:
+            model.update_target(model.momentum(step, 3))
+        with CommDebugMode() as gather_comms:  # the counter's control: a gather of full weights is seen
+            targets[0].full_tensor()
+        checks.append({"dtensor": all(isinstance(p, DTensor) for p in targets),
+                       "placements": sorted({repr(pl) for p in targets for pl in p.placements}),
+                       "local": sum(p.to_local().numel() for p in targets), "full": sum(p.numel() for p in targets),
+                       "params": len(targets),
+                       "moved": sum(int(not torch.equal(b, p.to_local())) for b, p in zip(before, targets)),
+                       "ema_collectives": ema_comms.get_total_counts(),
+                       "gather_collectives": gather_comms.get_total_counts()})
+    if world > 1:
+        json.dump(checks, open(f"{sys.argv[2]}.ema_{rank}.json", "w"))
     state = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in model.state_dict().items()}
     if rank == 0:
         torch.save(state, sys.argv[2])
@@ -229,7 +253,9 @@ FSDP_SCRIPT = textwrap.dedent('''
 def test_fsdp2_on_cpu_matches_one_process(tmp_path):
     """accelerate turns FSDP into MULTI_CPU on CPU, so torch's fully_shard (FSDP2) is driven directly:
     the Block-wise sharding of configs/accelerate/fsdp.yaml, EMA update on sharded targets included,
-    2 processes x batch 4 == 1 process x batch 8."""
+    2 processes x batch 4 == 1 process x batch 8. Under FSDP2 the EMA targets are DTensors sharded on
+    dim 0 and each rank lerps only its own local shards: CommDebugMode counts no collective during the
+    update (and does count the all-gather of a full_tensor(), the control)."""
     script = tmp_path / "fsdp_script.py"
     script.write_text(FSDP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -247,3 +273,13 @@ def test_fsdp2_on_cpu_matches_one_process(tmp_path):
                       {k.replace("target_encoders", "encoders", 1): v for k, v in out[2].items()
                        if k.startswith("target_encoders")})
     assert moved > 0  # targets and context encoders differ: the EMA ran (not a copy)
+    # each rank updated only its own shard of the targets, in place, without a collective
+    ranks = [json.loads((tmp_path / f"p2.pt.ema_{rank}.json").read_text()) for rank in range(2)]
+    for c0, c1 in zip(*ranks, strict=True):
+        assert c0["local"] + c1["local"] == c0["full"] and 0 < c0["local"] < c0["full"]  # the shards split them
+        for c in (c0, c1):
+            assert c["dtensor"] and c["placements"] == ["Shard(dim=0)"], c
+            assert c["moved"] == c["params"], c  # every local shard changed
+            assert c["ema_collectives"] == 0, c  # no all-gather (or any collective) in the EMA update
+            assert c["gather_collectives"] > 0, c  # while the same counter does see a full-weight gather
+    assert len(ranks[0]) == 3

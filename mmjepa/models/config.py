@@ -12,6 +12,7 @@ from transformers import PreTrainedConfig
 from ..modalities import get_modality
 from ..processing import HERE, path_options
 from ..objectives import get_objective, objective_config
+from ..layers import ATTENTION_BACKENDS
 from .backbone import check_entry
 
 # width, depth, heads of the encoders; width, depth, heads of the predictor
@@ -38,7 +39,7 @@ _TRANSFORMERS_KEYS = set(inspect.signature(PreTrainedConfig.__init__).parameters
     "base_model_pp_plan"}
 # numeric options; floats: (lowest, whether the lowest is allowed)
 _INT_OPTIONS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "predictor_hidden_size",
-                "predictor_num_hidden_layers", "predictor_num_attention_heads")
+                "predictor_num_hidden_layers", "predictor_num_attention_heads", "mask_sets")
 _FLOAT_OPTIONS = {"mlp_ratio": (0.0, False), "layer_norm_eps": (0.0, False), "initializer_range": (0.0, True),
                   "ema_momentum_start": (0.0, True), "ema_momentum_end": (0.0, True)}
 
@@ -56,6 +57,10 @@ class MMJepaConfig(PreTrainedConfig):
         predictor_hidden_size, predictor_num_hidden_layers, predictor_num_attention_heads:
             the narrow cross-modal predictor.
         position_embedding: ``"sincos"`` (fixed, added to tokens, as I-JEPA) or ``"rope"``.
+        attention_backend: the attention kernel of mmjepa's own encoders and predictor: ``"sdpa"``
+            (``F.scaled_dot_product_attention``), ``"matmul"`` (plain matmul attention, softmax in
+            fp32) or ``"auto"`` (matmul on CPU under bf16/fp16 for sequences up to 1024 tokens,
+            SDPA otherwise; see ``mmjepa.layers.attention``). It changes speed, not the weights.
         objectives: objective name -> its options (``type``, ``weight`` and the type's own; see
             ``mmjepa.objectives``); the loss is the weighted sum. Default: ``{"intra": {}}`` (I-JEPA's
             latent prediction) plus the defaults of the modalities (a text model adds ``readout``).
@@ -75,6 +80,15 @@ class MMJepaConfig(PreTrainedConfig):
             other modalities only. The whole transformers config is filled in when the model is
             built, so a saved model needs no pretrained folder; the weights are loaded by
             ``MMJepaModel.load_backbones`` (or ``MMJepaModel.from_backbones``, or the trainer).
+        mask_sets: R, the number of independent mask sets the collator draws per sample (data2vec
+            2.0's multi-mask training). The EMA target encoder runs once per sample, the context
+            encoder and the predictor once per mask set, and the intra-modal loss averages over all
+            sets; other objectives see the first set. 1 (the default) is I-JEPA.
+        predictor_context_once: the predictor runs one sequence per sample, ``[context, queries of
+            every target block]``, under a block attention mask (context tokens attend to context
+            only, each block's queries to the context and their own block), instead of one sequence
+            ``[context, queries]`` per block (I-JEPA, the default, where the context tokens also
+            attend to that block's queries). Cheaper for several target blocks; not the same function.
 
     Masks are not part of a checkpoint: each modality's options (``modalities[m]``: ``mask``,
     ``num_targets``, scales...) say how the collator samples them during training, as index tensors
@@ -103,6 +117,9 @@ class MMJepaConfig(PreTrainedConfig):
         predictor_modalities: list[str] | None = None,
         checkpoint_contents: str = "full",
         backbones: dict[str, dict[str, Any]] | None = None,
+        mask_sets: int = 1,
+        predictor_context_once: bool = False,
+        attention_backend: str = "auto",
         **kwargs,
     ):
         self.modalities = {k: dict(v or {}) for k, v in (modalities or {}).items()}
@@ -116,6 +133,7 @@ class MMJepaConfig(PreTrainedConfig):
         self.predictor_num_hidden_layers = predictor_num_hidden_layers
         self.predictor_num_attention_heads = predictor_num_attention_heads
         self.position_embedding = position_embedding
+        self.attention_backend = attention_backend
         self.objectives = self._objectives(objectives)
         self.ema_momentum_start = ema_momentum_start
         self.ema_momentum_end = ema_momentum_end
@@ -124,6 +142,8 @@ class MMJepaConfig(PreTrainedConfig):
         self.predictor_modalities = list(predictor_modalities or self.modalities)
         self.checkpoint_contents = checkpoint_contents
         self.backbones = {k: dict(v) if isinstance(v, dict) else v for k, v in (backbones or {}).items()}
+        self.mask_sets = mask_sets
+        self.predictor_context_once = predictor_context_once
         unknown = sorted(k for k in kwargs if not k.startswith("_") and k not in _TRANSFORMERS_KEYS)
         if unknown:
             own = [p for p in inspect.signature(MMJepaConfig.__init__).parameters if p not in ("self", "kwargs")]
@@ -147,10 +167,13 @@ class MMJepaConfig(PreTrainedConfig):
                 raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
             if not (value >= low if inclusive else value > low) or value != value or value == float("inf"):
                 raise ValueError(f"{name} must be a finite number {'>=' if inclusive else '>'} {low}, got {value}")
-        if not isinstance(self.qkv_bias, bool):
-            raise TypeError(f"qkv_bias must be true or false, got {self.qkv_bias!r}")
+        for name in ("qkv_bias", "predictor_context_once"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.position_embedding not in POSITIONS:
             raise ValueError(f"position_embedding must be one of {POSITIONS}, got {self.position_embedding!r}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}")
         for width, heads, name in (
             (self.hidden_size, self.num_attention_heads, "hidden_size"),
             (self.predictor_hidden_size, self.predictor_num_attention_heads, "predictor_hidden_size"),

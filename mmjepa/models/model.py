@@ -165,7 +165,8 @@ class MMJepaModel(SavingMixin, MMJepaPreTrainedModel):
                                    c.predictor_num_attention_heads,
                                    {m: enc.embed for m, enc in self.encoders.items()}, c.mlp_ratio,
                                    c.qkv_bias, c.layer_norm_eps, rope=c.position_embedding == "rope",
-                                   modality_order=c.predictor_modalities)
+                                   modality_order=c.predictor_modalities, attention_backend=c.attention_backend,
+                                   context_once=c.predictor_context_once)
         self.objectives = build_objectives(config)
         self.centers = EmbeddingCenters(self.modality_names, config.hidden_size)
         self.post_init()
@@ -177,7 +178,7 @@ class MMJepaModel(SavingMixin, MMJepaPreTrainedModel):
             return HFBackboneEncoder(hf_config(c.backbones[name]), grid, c.hidden_size, name, c.modality_config(name))
         embed = get_modality(name).build_embed(c.modality_config(name), c.hidden_size, add_positions=not rope)
         return Encoder(embed, c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.mlp_ratio, c.qkv_bias,
-                       c.layer_norm_eps, rope=rope)
+                       c.layer_norm_eps, rope=rope, attention_backend=c.attention_backend)
 
     # ------------------------------------------------------------------ pretrained backbones
     @classmethod
@@ -349,16 +350,33 @@ class JepaView:
 
     A modality's tensors hold only the samples that have it (``present[m]``: their positions in the
     batch); :meth:`aligned_context` lines a modality's context up with any list of samples.
+
+    Several mask sets per sample (``config.mask_sets`` = R > 1, data2vec 2.0's multi-mask
+    training): the collator's masks hold R rows per sample (row b*R + r: set r of sample b). The
+    target encoder still runs once per sample; the context encoder (embedding once, then R
+    gathers) and the predictor run on all Bm*R rows, computed once and cached. Objectives opt in to
+    the sets with ``all_sets=True`` (:meth:`targets`, :meth:`predictions`: Bm*R*M rows, ordered
+    sample, set, group); everything else — ``masks``, :meth:`context`, :meth:`aligned_context`,
+    the default :meth:`targets` and :meth:`predictions` — shows the first set only, i.e. the
+    unrepeated batch that objectives unaware of mask sets expect.
     """
 
     def __init__(self, model: MMJepaModel, batch: dict[str, Any], masks: dict[str, dict[str, torch.Tensor]],
                  present: dict[str, torch.Tensor] | None = None):
-        self.model, self.config, self.batch, self.masks = model, model.config, batch, masks
+        self.model, self.config, self.batch = model, model.config, batch
         self.predictor = model.predictor
         self.inputs = model.model_inputs(batch)
         missing = sorted(set(masks) - set(self.inputs))
         if missing:
             raise ValueError(f"masks given for modalities without inputs: {missing}")
+        self.mask_sets = R = int(getattr(model.config, "mask_sets", 1))
+        for m, ms in masks.items():
+            if ms["context"].shape[0] != self.inputs[m].shape[0] * R:
+                raise ValueError(f"{m}: the masks hold {ms['context'].shape[0]} rows for {self.inputs[m].shape[0]} "
+                                 f"samples, expected {R} per sample (mask_sets={R}): build the collator from this "
+                                 "model's config (MaskCollator.from_config)")
+        self.all_masks = masks  # (Bm*R, ...) per modality
+        self.masks = masks if R == 1 else {m: {k: v[::R] for k, v in ms.items()} for m, ms in masks.items()}
         dev = next(iter(self.inputs.values())).device
         self.present = {m: (present[m].to(dev) if present is not None and m in present
                             else torch.arange(x.shape[0], device=dev)) for m, x in self.inputs.items()}
@@ -379,12 +397,28 @@ class JepaView:
         inv[p] = torch.arange(len(p), device=samples.device)
         return inv[samples]
 
-    def context(self, modality: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _first_set(self, t: torch.Tensor | None, per_set: int = 1) -> torch.Tensor | None:
+        """The rows of mask set 0 of a tensor of Bm*R*per_set rows (sample, set, then per_set)."""
+        if t is None or self.mask_sets == 1:
+            return t
+        return t.unflatten(0, (-1, self.mask_sets, per_set))[:, 0].flatten(0, 1)
+
+    def context_sets(self, modality: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The context latents of every mask set: z (Bm*R, Kc, D), idx (Bm*R, Kc), valid or None."""
         if modality not in self._context:
-            ms = self.masks[modality]
-            z = self.model.encoders[modality](self.inputs[modality], ms["context"], ms.get("context_valid"))
-            self._context[modality] = (z, ms["context"], ms.get("context_valid"))  # (Bm, Kc, D)
+            ms, R = self.all_masks[modality], self.mask_sets
+            encoder, x = self.model.encoders[modality], self.inputs[modality]
+            if R == 1:
+                z = encoder(x, ms["context"], ms.get("context_valid"))
+            elif isinstance(encoder, Encoder):  # embed once, gather R times
+                z = encoder(x, ms["context"], ms.get("context_valid"), repeats=R)
+            else:  # a Hugging Face backbone embeds inside its own forward
+                z = encoder(x.repeat_interleave(R, 0), ms["context"], ms.get("context_valid"))
+            self._context[modality] = (z, ms["context"], ms.get("context_valid"))  # (Bm*R, Kc, D)
         return self._context[modality]
+
+    def context(self, modality: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        return tuple(self._first_set(t) for t in self.context_sets(modality))  # (Bm, Kc, D) ...
 
     def aligned_context(self, modality: str, samples: torch.Tensor,
                         full: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -394,14 +428,21 @@ class JepaView:
         if full:
             z, valid = self.encoded(modality), self.valid(modality)
             idx = torch.arange(z.shape[1], device=z.device).expand(z.shape[0], -1)
-        else:
-            z, idx, valid = self.context(modality)
+            return self._align(modality, samples, z, idx, valid, 1)
+        return self._align(modality, samples, *self.context(modality), 1)
+
+    def _align(self, modality: str, samples: torch.Tensor, z: torch.Tensor, idx: torch.Tensor,
+               valid: torch.Tensor | None, sets: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Rows of ``modality``'s (Bm*sets, ...) tensors for ``samples``, ``sets`` rows per sample."""
         p = self.present[modality]
         if len(p) == len(samples) and torch.equal(p, samples):
             return z, idx, valid
         rows = self.rows(modality, samples)
         have = rows >= 0
         r = rows.clamp_min(0)
+        if sets > 1:  # sample row r -> its set rows r*sets .. r*sets + sets - 1
+            r = (r[:, None] * sets + torch.arange(sets, device=r.device)).reshape(-1)
+            have = have.repeat_interleave(sets)
         v = have[:, None].expand(-1, idx.shape[1]) if valid is None else valid[r] & have[:, None]
         return z[r], idx[r], v
 
@@ -427,30 +468,39 @@ class JepaView:
                     self.inputs[modality], None, self.valid(modality))
         return self._target_raw[modality]
 
-    def targets(self, modality: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def targets(self, modality: str, all_sets: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Layer-normed target latents at the target indices (Bm*M, Kt, D) and their validity; with
+        ``all_sets``, of every mask set: (Bm*R*M, Kt, D), rows ordered sample, set, group."""
         if modality not in self._targets:
-            tidx = self.masks[modality]["target"]  # (Bm, M, Kt)
-            B, M, Kt = tidx.shape
-            D = self.config.hidden_size
-            with torch.no_grad():
-                h = gather_tokens(self.target_latents(modality), tidx.reshape(B, M * Kt))  # (B, M*Kt, D)
-                h = F.layer_norm(h, (D,)).reshape(B * M, Kt, D)
-            tv = self.masks[modality].get("target_valid")
-            self._targets[modality] = (h, None if tv is None else tv.reshape(B * M, Kt))
-        return self._targets[modality]
+            tidx = self.all_masks[modality]["target"]  # (Bm*R, M, Kt)
+            BR, M, Kt = tidx.shape
+            B, D = BR // self.mask_sets, self.config.hidden_size
+            with torch.no_grad():  # one target pass per sample: the R sets gather from the same latents
+                h = gather_tokens(self.target_latents(modality), tidx.reshape(B, -1))  # (B, R*M*Kt, D)
+                h = F.layer_norm(h, (D,)).reshape(BR * M, Kt, D)
+            tv = self.all_masks[modality].get("target_valid")
+            self._targets[modality] = (h, None if tv is None else tv.reshape(BR * M, Kt))
+        h, tv = self._targets[modality]
+        if all_sets:
+            return h, tv
+        M = self.masks[modality]["target"].shape[1]
+        return self._first_set(h, M), self._first_set(tv, M)
 
-    def predictions(self, modality: str, all_context: bool = False) -> torch.Tensor:
+    def predictions(self, modality: str, all_context: bool = False, all_sets: bool = False) -> torch.Tensor:
         """Intra-modal predictions: the target blocks of ``modality`` from its own context (or, with
-        ``all_context``, from the context of every modality each sample holds)."""
+        ``all_context``, from the context of every modality each sample holds), (Bm*M, Kt, D); with
+        ``all_sets``, of every mask set (Bm*R*M, Kt, D), each set from its own context (another
+        modality's set r for set r)."""
         key = (modality, all_context)
         if key not in self._predictions:
             samples = self.present[modality]
             mods = list(self.masks) if all_context else [modality]
-            contexts = [(m, *self.aligned_context(m, samples)) for m in mods]
-            ms = self.masks[modality]
+            contexts = [(m, *self._align(m, samples, *self.context_sets(m), self.mask_sets)) for m in mods]
+            ms = self.all_masks[modality]
             self._predictions[key] = self.model.predictor(contexts, modality, ms["target"],
-                                                          ms.get("target_valid"))  # (Bm*M, Kt, D)
-        return self._predictions[key]
+                                                          ms.get("target_valid"))  # (Bm*R*M, Kt, D)
+        pred = self._predictions[key]
+        return pred if all_sets else self._first_set(pred, self.masks[modality]["target"].shape[1])
 
 
 def compile_model(model: MMJepaModel, **compile_kwargs: Any) -> MMJepaModel:

@@ -17,11 +17,22 @@ class Predictor(nn.Module):
     target modality's embedding). Every target group is predicted in its own sequence
     ``[context, queries]`` — the I-JEPA computation — and only the query outputs are projected back
     to the encoder width.
+
+    ``context_once``: the context is encoded once per sample for all its target groups instead.
+    One sequence ``[context, queries_1, ..., queries_M]`` runs under the block attention mask of
+    :func:`block_attention_mask`: context tokens attend only to context tokens, each group's queries
+    to the context and to their own group, never to another group's. The query outputs then equal
+    those of M separate sequences ``[context, queries_m]`` in which the context does not attend to
+    the queries — which is *not* I-JEPA's computation: there the context tokens also attend to the
+    group's queries (and so differ from group to group). The cost falls from M (Nc + Kq) tokens per
+    sample to Nc + M Kq (linear layers) and from M (Nc + Kq)^2 to (Nc + M Kq)^2 attention scores.
     """
 
     def __init__(self, enc_dim: int, dim: int, depth: int, num_heads: int, embeds: dict[str, nn.Module], mlp_ratio: float = 4.0, qkv_bias: bool = True, eps: float = 1e-6,
-                 rope: bool = False, modality_order: list[str] | None = None):
+                 rope: bool = False, modality_order: list[str] | None = None, attention_backend: str = "auto",
+                 context_once: bool = False):
         super().__init__()
+        self.context_once = context_once
         # rows of the modality-embedding table: the modalities of ``embeds``, or (a model loaded with
         # only some of its modalities) the full model's order, so that each row keeps its meaning
         self.modalities = list(modality_order or embeds)
@@ -40,7 +51,7 @@ class Predictor(nn.Module):
             self.register_buffer(f"coords_{name}", coords, persistent=False)  # (N, ndim)
         if rope:
             self.rope = RotaryEmbedding(dim // num_heads, max(e.coords.shape[-1] for e in embeds.values()))
-        self.transformer = Transformer(dim, depth, num_heads, mlp_ratio, qkv_bias, eps)
+        self.transformer = Transformer(dim, depth, num_heads, mlp_ratio, qkv_bias, eps, attention_backend)
         self.predictor_proj = nn.Linear(dim, enc_dim)
 
     def _tables(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -92,10 +103,13 @@ class Predictor(nn.Module):
             q_valid: torch.Tensor | None, q_coords: torch.Tensor | None) -> torch.Tensor:
         """Context tokens x (B, Nc, Dp) + query tokens q (B, M, Kq, Dp) -> predictions (B*M, Kq, De).
 
-        Each group m of sample b is its own sequence [context_b, queries_bm]; ``q_valid`` (B*M, Kq)
+        Each group m of sample b is its own sequence [context_b, queries_bm] (``context_once``: one
+        sequence [context_b, queries_b1, ..., queries_bM] under a block mask); ``q_valid`` (B*M, Kq)
         and ``q_coords`` (B*M, Kq, ndim) as the context's."""
         B, M, Kq = q.shape[:3]
         Nc = x.shape[1]
+        if self.context_once:
+            return self._run_context_once(x, valid, coords, q, q_valid, q_coords)
         # written with one copy (the context broadcast over the M groups) instead of repeat_interleave + cat
         x = torch.cat([x.unsqueeze(1).expand(B, M, Nc, x.shape[-1]), q], 2)
         x = x.reshape(B * M, Nc + Kq, -1)  # (B*M, Nc+Kq, Dp), sample-major
@@ -111,6 +125,25 @@ class Predictor(nn.Module):
             rope = self.rope(torch.cat([cc, q_coords], 1))
         x = self.transformer(x, attn_mask, rope)
         return self.predictor_proj(x[:, Nc:])  # (B*M, Kq, De)
+
+    def _run_context_once(self, x: torch.Tensor, valid: torch.Tensor | None, coords: torch.Tensor | None,
+                          q: torch.Tensor, q_valid: torch.Tensor | None, q_coords: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`run` with the context encoded once per sample: one sequence [context, queries of
+        all M groups] (B, Nc + M*Kq, Dp) under :func:`block_attention_mask` -> (B*M, Kq, De)."""
+        B, M, Kq, Dp = q.shape
+        Nc = x.shape[1]
+        x = torch.cat([x, q.reshape(B, M * Kq, Dp)], 1)  # (B, Nc+M*Kq, Dp)
+        attn_mask = block_attention_mask(Nc, M, Kq, x.device)[None, None]  # (1, 1, L, L)
+        if q_valid is not None or valid is not None:  # and no attention to padding keys
+            cv = valid if valid is not None else torch.ones(B, Nc, dtype=torch.bool, device=x.device)
+            tv = q_valid.reshape(B, M * Kq) if q_valid is not None else torch.ones(B, M * Kq, dtype=torch.bool,
+                                                                                 device=x.device)
+            attn_mask = attn_mask & key_padding_to_attn_mask(torch.cat([cv, tv], 1))  # (B, 1, L, L)
+        rope = None
+        if self.rope is not None:
+            rope = self.rope(torch.cat([coords, q_coords.reshape(B, M * Kq, -1)], 1))
+        x = self.transformer(x, attn_mask, rope)
+        return self.predictor_proj(x[:, Nc:].reshape(B * M, Kq, Dp))  # (B*M, Kq, De)
 
     def forward(
         self,
@@ -143,3 +176,13 @@ class Predictor(nn.Module):
         if self.rope is not None:
             q_coords = torch.zeros(B, 1, self.rope.ndim, dtype=torch.long, device=x.device)
         return self.run(x, valid, coords, q, None, q_coords)[:, 0]  # (B, De)
+
+
+def block_attention_mask(num_context: int, num_groups: int, group_size: int,
+                         device: torch.device | str | None = None) -> torch.Tensor:
+    """The (L, L) boolean attention mask (True = attend, L = Nc + M*Kq) of the sequence [context
+    (Nc tokens), group 1 (Kq queries), ..., group M]: a context token attends to the context only;
+    a query attends to the context and to the queries of its own group."""
+    group = torch.cat([torch.full((num_context,), -1, device=device),
+                       torch.arange(num_groups, device=device).repeat_interleave(group_size)])  # (L,), -1 = context
+    return (group[None, :] == -1) | (group[:, None] == group[None, :])  # (L, L)

@@ -65,6 +65,7 @@ class LatentView(Protocol):
     predictor: Any  # the model's predictor (mmjepa.models.predictor.Predictor)
     inputs: dict[str, torch.Tensor]  # modality -> model input (Bm, ...): the Bm samples that hold it
     masks: dict[str, dict[str, torch.Tensor]]  # modality -> mask set (context, target, validity)
+    mask_sets: int  # R mask sets per sample (config.mask_sets); ``masks`` and the defaults show the first
     present: dict[str, torch.Tensor]  # modality -> (Bm,) positions of its samples in the batch
     batch_size: int  # B, the samples of the batch
     batch: dict[str, Any]  # the whole batch (validity masks, labels ...)
@@ -95,13 +96,15 @@ class LatentView(Protocol):
     def center(self, modality: str) -> torch.Tensor:
         """The running centre (D,) that ``model.embed`` subtracts from the pooled embedding."""
 
-    def targets(self, modality: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def targets(self, modality: str, all_sets: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Layer-normed EMA-target latents at the target indices, (Bm*M, Kt, D) sample-major, and their
-        validity (Bm*M, Kt) or None; no gradient."""
+        validity (Bm*M, Kt) or None; no gradient. ``all_sets``: of all R mask sets, (Bm*R*M, Kt, D)
+        ordered sample, set, group (the EMA target still runs once per sample)."""
 
-    def predictions(self, modality: str, all_context: bool = False) -> torch.Tensor:
+    def predictions(self, modality: str, all_context: bool = False, all_sets: bool = False) -> torch.Tensor:
         """The predictor's latents for the target indices, (Bm*M, Kt, D), from the modality's own
-        context (``all_context``: from the context of every modality each sample holds)."""
+        context (``all_context``: from the context of every modality each sample holds);
+        ``all_sets``: of all R mask sets, (Bm*R*M, Kt, D), rows as :meth:`targets`."""
 
 
 class Objective(nn.Module):

@@ -1,6 +1,10 @@
 """Intra-modal latent prediction (I-JEPA's objective): predict the layer-normed EMA-target latents
 of each modality's masked tokens from its visible tokens (optionally also from the context of the
-sample's other modalities)."""
+sample's other modalities).
+
+With several mask sets per sample (``MMJepaConfig.mask_sets``) the loss covers every set: the mean
+over all sets' target tokens, each set predicted from its own context (data2vec 2.0's multi-mask
+training; the EMA targets are computed once per sample)."""
 
 from __future__ import annotations
 
@@ -64,8 +68,8 @@ class IntraModalPrediction(Objective):
     def forward(self, view: LatentView) -> ObjectiveOutput | None:
         terms, metrics = {}, {}
         for m in view.masks:
-            pred = view.predictions(m, self.cfg.context == "all")  # (B*M, Kt, D)
-            target, valid = view.targets(m)  # (B*M, Kt, D), (B*M, Kt) or None
+            pred = view.predictions(m, self.cfg.context == "all", all_sets=True)  # (B*R*M, Kt, D)
+            target, valid = view.targets(m, all_sets=True)  # (B*R*M, Kt, D), (B*R*M, Kt) or None
             terms[f"intra/{m}"] = latent_loss(pred, target, self.cfg.loss, valid)
             metrics.update({f"{m}/{k}": v for k, v in collapse_metrics(pred, target).items()})
         if not terms:

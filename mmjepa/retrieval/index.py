@@ -284,7 +284,8 @@ class EmbeddingIndex:
     def _target(self, target: str | None) -> str:
         if target is None:
             if len(self.embeddings) != 1:
-                raise ValueError(f"this gallery holds {sorted(self.embeddings)}: choose one with target=")
+                raise ValueError(f"this gallery holds {sorted(self.embeddings)}: choose the one to search with "
+                                 f"target= (on the command line: --target {sorted(self.embeddings)[0]})")
             return next(iter(self.embeddings))
         if target not in self.embeddings:
             raise ValueError(f"this gallery has no {target!r} items (it has {sorted(self.embeddings)})")
