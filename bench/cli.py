@@ -1,4 +1,4 @@
-"""``mmjepa bench speed|data|retrieval|quality|faults|scaling``: run a benchmark module with the parsed arguments."""
+"""``mmjepa bench speed|data|retrieval|quality|faults|scaling|tta``: run a benchmark module with the parsed arguments."""
 
 from __future__ import annotations
 
