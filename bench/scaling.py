@@ -51,6 +51,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import accelerate
+import torch
+
+from .speed import cpu_model
+
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "image" / "digits_ijepa_cpu.yaml"
 CONFIGS = {"1proc": (1, 1), "2proc": (2, 1), "1proc_2threads": (1, 2)}  # name -> (processes, threads each)
 
@@ -141,14 +146,7 @@ def _spread(values: list[float]) -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
-    import accelerate
-    import torch
-
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"cpu": cpu, "cores_available": cores, "cpu_count": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__, "accelerate": accelerate.__version__}

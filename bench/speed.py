@@ -71,6 +71,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils import flop_counter
 from torch import nn
 
 from mmjepa.engine.optim import build_optimizer
@@ -270,8 +271,6 @@ def count_flops(fn: Callable[[], Any]) -> int:
     """FLOPs of ``fn()``. ``FlopCounterMode`` has no formula for SDPA's CPU kernels, so they are
     added here as model FLOPs: the two attention matmuls forward, their four gradient matmuls
     backward (no recomputation counted), which is what matmul attention counts too."""
-    from torch.utils import flop_counter
-
     aten = torch.ops.aten
     cpu_sdpa = {
         aten._scaled_dot_product_flash_attention_for_cpu:
@@ -319,26 +318,24 @@ def amp_ctx(precision: str):
 
 
 # ----------------------------------------------------------------------------- the machine
-def cpu_model() -> str:
+def cpuinfo_field(*names: str) -> str | None:
+    """The first ``/proc/cpuinfo`` line starting with one of ``names``, after its colon (None elsewhere)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith(("model name", "Model", "Hardware")):
+                if line.startswith(names):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    return cpuinfo_field("model name", "Model", "Hardware") or platform.processor() or platform.machine()
 
 
 def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set((cpuinfo_field("flags", "Features") or "").split())
 
 
 def bf16_check(n: int = 512) -> dict[str, Any]:

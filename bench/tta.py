@@ -62,6 +62,7 @@ from mmjepa.plot import plt
 from mmjepa.recipes import recipe_path
 
 from .quality import _features
+from .speed import cpu_model
 
 
 @dataclass
@@ -443,7 +444,7 @@ def run(args: argparse.Namespace) -> int:
     res["plot"] = str(plot(results, json_path.with_suffix(".png")))
     res["machine"] = {"platform": platform.platform(), "python": platform.python_version(),
                       "torch": torch.__version__, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                      "processor": platform.processor() or platform.machine()}
+                      "processor": cpu_model()}
     res["command"] = "mmjepa " + " ".join(getattr(args, "argv", []))
     res["total_s"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(res, indent=2, default=float)

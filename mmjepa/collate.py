@@ -49,7 +49,7 @@ class MaskCollator:
         for name in config.modalities:
             mod, cfg = get_modality(name), config.modality_config(name)
             parts[name] = (mod, cfg, mod.build_mask_sampler(cfg))
-        return cls(parts, seed, getattr(config, "mask_sets", 1))
+        return cls(parts, seed, config.mask_sets)
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         if not samples:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mmjepa import MMJepaConfig
+from mmjepa.engine.optim import build_optimizer
 
 
 def tiny_image_config(**overrides) -> MMJepaConfig:
@@ -17,6 +18,21 @@ def tiny_image_config(**overrides) -> MMJepaConfig:
     )
     kw.update(overrides)
     return MMJepaConfig(**kw)
+
+
+def train_on_batch(model, batch: dict, steps: int, lr: float = 3e-3) -> list[float]:
+    """Train ``model`` ``steps`` times on one fixed batch (AdamW, no weight decay, the model's EMA
+    schedule over ``steps``) -> the loss of every step."""
+    opt = build_optimizer(model, lr=lr, weight_decay=0.0)
+    losses = []
+    for step in range(steps):
+        out = model(**batch)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        model.update_target(model.momentum(step, steps))
+        losses.append(out.loss.item())
+    return losses
 
 
 @pytest.fixture

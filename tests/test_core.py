@@ -13,7 +13,7 @@ from mmjepa.objectives import latent_loss, sigreg
 from mmjepa.collate import MaskCollator
 from mmjepa.engine.optim import build_optimizer, param_groups
 
-from conftest import tiny_image_config
+from conftest import tiny_image_config, train_on_batch
 
 
 def make_batch(config: MMJepaConfig, batch_size: int = 4, seed: int = 0) -> dict:
@@ -75,15 +75,7 @@ def test_momentum_schedule():
 def test_loss_falls_on_a_fixed_batch(tiny_config):
     model = MMJepaModel(tiny_config)
     batch = make_batch(tiny_config, batch_size=8)
-    opt = build_optimizer(model, lr=3e-3, weight_decay=0.0)
-    losses = []
-    for step in range(40):
-        out = model(**batch)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        model.update_target(model.momentum(step, 40))
-        losses.append(out.loss.item())
+    losses = train_on_batch(model, batch, steps=40)
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
 
 

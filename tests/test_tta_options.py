@@ -15,7 +15,7 @@ from mmjepa.engine import load_recipe
 from mmjepa.engine.optim import build_optimizer
 from mmjepa.models.predictor import block_attention_mask
 
-from conftest import tiny_image_config
+from conftest import tiny_image_config, train_on_batch
 from test_multimodal import OBJECTIVES, config as multimodal_config, mixed_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -130,15 +130,7 @@ def test_a_tiny_image_model_trains_with_the_option(option):
     cfg = tiny_image_config(**option)
     model = MMJepaModel(cfg)
     batch = MaskCollator.from_config(cfg, seed=0)(images(cfg, 8))
-    opt = build_optimizer(model, lr=3e-3, weight_decay=0.0)
-    losses = []
-    for step in range(20):
-        out = model(**batch)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        model.update_target(model.momentum(step, 20))
-        losses.append(out.loss.item())
+    losses = train_on_batch(model, batch, steps=20)
     assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
 
 

@@ -44,17 +44,16 @@ class Encoder(nn.Module):
             raise ValueError(f"the token validity mask must have shape (B, N) = {tuple(x.shape[:2])} for these "
                              f"inputs, got {tuple(valid.shape)}")
         coords = self.embed.coords[: x.shape[1]] if self.rope is not None else None  # (N, ndim); a shorter text: its first N
-        if repeats > 1:
-            if keep is None:
-                raise ValueError("repeats > 1 needs `keep`, the (B*R, K) indices of each mask set")
-            B, N, D = x.shape
-            offset = torch.arange(B, device=x.device).repeat_interleave(repeats) * N  # (B*R,): row b*R+r -> b
-            x = x.reshape(B * N, D)[keep + offset[:, None]]  # (B*R, K, D), no (B*R, N, D) copy
+        if repeats > 1 and keep is None:
+            raise ValueError("repeats > 1 needs `keep`, the (B*R, K) indices of each mask set")
+        if keep is not None:
+            if repeats == 1:
+                x = gather_tokens(x, keep)  # (B, K, D)
+            else:  # row b*R + r gathers from sample b, without a (B*R, N, D) copy
+                B, N, D = x.shape
+                offset = torch.arange(B, device=x.device).repeat_interleave(repeats) * N  # (B*R,)
+                x = x.reshape(B * N, D)[keep + offset[:, None]]  # (B*R, K, D)
             if coords is not None:
                 coords = coords[keep]  # (B*R, K, ndim)
-        elif keep is not None:
-            x = gather_tokens(x, keep)  # (B, K, D)
-            if coords is not None:
-                coords = coords[keep]  # (B, K, ndim)
         rope = self.rope(coords) if coords is not None else None
         return self.transformer(x, key_padding_to_attn_mask(valid), rope)  # (B, K, D)

@@ -369,7 +369,7 @@ class JepaView:
         missing = sorted(set(masks) - set(self.inputs))
         if missing:
             raise ValueError(f"masks given for modalities without inputs: {missing}")
-        self.mask_sets = R = int(getattr(model.config, "mask_sets", 1))
+        self.mask_sets = R = model.config.mask_sets
         for m, ms in masks.items():
             if ms["context"].shape[0] != self.inputs[m].shape[0] * R:
                 raise ValueError(f"{m}: the masks hold {ms['context'].shape[0]} rows for {self.inputs[m].shape[0]} "

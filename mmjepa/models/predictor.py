@@ -106,10 +106,10 @@ class Predictor(nn.Module):
         Each group m of sample b is its own sequence [context_b, queries_bm] (``context_once``: one
         sequence [context_b, queries_b1, ..., queries_bM] under a block mask); ``q_valid`` (B*M, Kq)
         and ``q_coords`` (B*M, Kq, ndim) as the context's."""
-        B, M, Kq = q.shape[:3]
-        Nc = x.shape[1]
         if self.context_once:
             return self._run_context_once(x, valid, coords, q, q_valid, q_coords)
+        B, M, Kq = q.shape[:3]
+        Nc = x.shape[1]
         # written with one copy (the context broadcast over the M groups) instead of repeat_interleave + cat
         x = torch.cat([x.unsqueeze(1).expand(B, M, Nc, x.shape[-1]), q], 2)
         x = x.reshape(B * M, Nc + Kq, -1)  # (B*M, Nc+Kq, Dp), sample-major
