@@ -261,16 +261,32 @@ def _bench(p: argparse.ArgumentParser) -> None:
     sc.add_argument("--timeout", type=float, default=600.0, help="seconds a single run may take (default 600)")
     sc.add_argument("--workdir", default=None, help="keep the runs here (default: a temporary folder, removed)")
     sc.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides (e.g. data.batch_size=32)")
-    qp = add("quality", help="quality on real data: fsdd | shakespeare | spoken_digits | tuxpaint")
-    qp.add_argument("name", choices=("fsdd", "shakespeare", "spoken_digits", "tuxpaint"), metavar="NAME",
-                    help="fsdd (audio probe) | shakespeare (span filling vs BERT) | spoken_digits, tuxpaint "
-                         "(tri-modal retrieval and probes vs contrastive)")
+    qp = add("quality", help="quality on real data: fsdd | shakespeare | spoken_digits | tuxpaint | *_spans")
+    qp.add_argument("name", choices=("fsdd", "shakespeare", "spoken_digits", "tuxpaint", "tuxpaint_spans",
+                                     "spoken_digits_spans"), metavar="NAME",
+                    help="fsdd (audio probe) | shakespeare (span filling vs ModernBERT and BERT) | spoken_digits, tuxpaint "
+                         "(tri-modal retrieval and probes vs contrastive) | tuxpaint_spans, spoken_digits_spans "
+                         "(caption span filling with and without the image / sound)")
     qp.add_argument("--json", default=None, help="write the results to this JSON file")
     qp.add_argument("--workdir", default="runs/bench_quality", help="tokenizer, checkpoints, exports")
     qp.add_argument("--steps", type=int, default=None, help="override train.max_steps of the recipe")
     qp.add_argument("--seed", type=int, default=0, help="seed of the held-out masks / random encoder")
-    qp.add_argument("--bert-lr", type=float, default=None,
-                    help="shakespeare: BERT's peak learning rate (default: the recipe's, as mmjepa's)")
+    qp.add_argument("--seeds", default="0", help="shakespeare: comma list of training seeds (default 0)")
+    qp.add_argument("--models", default="mmjepa,modernbert,bert",
+                    help="shakespeare: mmjepa first, then the baselines it is timed against (modernbert, bert)")
+    qp.add_argument("--eval-split", default="test", choices=("test", "validation"),
+                    help="shakespeare: score on the held-out test text (default) or on a validation part of "
+                         "the training text (for sweeps and ablations; training then leaves it out)")
+    qp.add_argument("--baseline-lr", action="append", metavar="NAME=LR",
+                    help="shakespeare: a baseline's peak learning rate (default: its sweep's pick)")
+    qp.add_argument("--baseline-warmup", action="append", metavar="NAME=SHARE",
+                    help="shakespeare: a baseline's warm-up share of its steps (default: its sweep's pick)")
+    qp.add_argument("--sweep", action="store_true",
+                    help="shakespeare: sweep the baselines' lr x warm-up alone for --steps steps each")
+    qp.add_argument("--sweep-lrs", default="3e-4,1e-3,3e-3", help="shakespeare --sweep: learning rates")
+    qp.add_argument("--sweep-warmups", default="0.05", help="shakespeare --sweep: warm-up shares")
+    qp.add_argument("--merge", nargs="+", metavar="JSON", default=None,
+                    help="shakespeare: combine the JSON of runs made apart (e.g. one seed each) into one summary")
     qp.add_argument("--budget", type=float, default=300.0,
                     help="spoken_digits, tuxpaint: seconds of training per model (default 300)")
     qp.add_argument("--no-low-pair", action="store_true", help="spoken_digits: skip the low-pair regime")

@@ -19,6 +19,15 @@
     (``recipes/multimodal/tuxpaint_cpu.yaml``; a fixed 80/20 split). Ours and contrastive-only, the
     same wall-clock budget each; instance-level recall@1/5/10 image<->caption on the 157 test
     stamps and sound<->caption on the 27 with a sound, against chance.
+
+``mmjepa bench quality tuxpaint_spans --json PATH``
+    Does the picture help fill a caption's masked words? The Tux Paint recipe plus a readout
+    objective trained with the images as context (``readout: {modality: text, context: both}``),
+    ``--budget`` seconds through the trainer; then, on the 157 test stamps, masked-token top-1 / top-5
+    of the caption tokens (special tokens never masked nor predicted) with the stamp's own image,
+    without any image, and with another test stamp's image (a fixed derangement), on the same span
+    masks (20 per caption, the recipe's text masking, one seed); a paired bootstrap 95% interval
+    over captions of the gain of the image.
 """
 
 from __future__ import annotations
@@ -26,15 +35,17 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from mmjepa.datasets import DIGIT_TEMPLATES, DIGIT_WORDS, digits, fsdd, tuxpaint
+from mmjepa.datasets import DIGIT_TEMPLATES, DIGIT_WORDS, digits, fsdd, spoken_digits, tuxpaint
 from mmjepa.engine import load_recipe, train
 from mmjepa.eval.probe import linear_probe
 from mmjepa.eval.retrieval import class_positives, recall_at_k
+from mmjepa.eval.spans import conditioned_hits, paired_bootstrap, sequence_span_masks
+from mmjepa.masking import SpanMasking
 from mmjepa.modalities import get_modality
 from mmjepa.models import MMJepaModel
 from mmjepa.objectives import PooledPrediction
@@ -142,15 +153,18 @@ def evaluate(model: MMJepaModel, sets: EvalSets, use_target: bool = True) -> dic
 
 
 # ----------------------------------------------------------------------------- training
-def _train_for(recipe_file: Path, overrides: list[str], budget_s: float, work: Path, tag: str, log) -> tuple[Any, dict]:
+def _train_for(recipe_file: Path, overrides: list[str], budget_s: float, work: Path, tag: str, log,
+               steps: int | None = None) -> tuple[Any, dict]:
     """Train with ``overrides`` for about ``budget_s`` seconds: a 12-step calibration measures the
-    seconds per step (after the first), then the run gets ``budget_s / that`` steps."""
+    seconds per step (after the first), then the run gets ``budget_s / that`` steps. ``steps``: that
+    many steps instead (no calibration; for a machine whose load would make the budget unfair)."""
     base = [f"train.output_dir={work / tag}", "train.resume=never", "train.progress=false", "train.tracker=none",
             "train.save_every=0"]
-    calib = train(load_recipe(recipe_file, [*overrides, *base, "train.max_steps=12", "train.log_every=1",
-                                            f"train.output_dir={work / (tag + '_calibration')}"]))
-    steps = max(20, int(budget_s * calib.train_samples_per_s / calib.samples_seen * 12))
-    log(f"[{tag}] {calib.train_samples_per_s:.1f} samples/s in calibration -> {steps} steps for {budget_s:.0f} s")
+    if not steps:
+        calib = train(load_recipe(recipe_file, [*overrides, *base, "train.max_steps=12", "train.log_every=1",
+                                                f"train.output_dir={work / (tag + '_calibration')}"]))
+        steps = max(20, int(budget_s * calib.train_samples_per_s / calib.samples_seen * 12))
+        log(f"[{tag}] {calib.train_samples_per_s:.1f} samples/s in calibration -> {steps} steps for {budget_s:.0f} s")
     t0 = time.perf_counter()
     result = train(load_recipe(recipe_file, [*overrides, *base, f"train.max_steps={steps}"]))
     info = {"steps": result.steps, "train_s": time.perf_counter() - t0, "samples_per_s": result.train_samples_per_s,
@@ -261,3 +275,109 @@ def bench_tuxpaint(args: argparse.Namespace) -> dict[str, Any]:
     res["chance_image_text_r1"] = 1 / len(test)
     res["chance_audio_text_r1"] = 1 / max(1, res["test_stamps_with_sound"])
     return res
+
+
+# ============================================================================ tux paint: span filling
+# the recipe's objectives plus a readout of the captions trained with and without the other modalities
+SPAN_READOUT = "model.objectives.readout={modality: text, context: both}"
+SPAN_DRAWS = 20  # span masks per test caption
+SPAN_BOOTSTRAP = 2000
+
+
+def derangement(n: int, seed: int = 0) -> torch.Tensor:
+    """A fixed permutation (n,) with no fixed point (one cycle through a seeded order), n >= 2."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    out = torch.empty(n, dtype=torch.long)
+    out[order] = order.roll(-1)
+    return out
+
+
+def conditioned_span_eval(model: MMJepaModel, items: list[dict[str, Any]], condition_on: Sequence[str] = ("image",),
+                          draws: int = SPAN_DRAWS, seed: int = 0, tokenizer: Any = None,
+                          bootstrap: int = SPAN_BOOTSTRAP) -> dict[str, Any]:
+    """Masked-token top-1 / top-5 of the captions (``text``) of ``items``: alone (``without_<m>``),
+    with each modality ``m`` of ``condition_on`` of the same item (``with_<m>``) and with another
+    item's (``wrong_<m>``, a fixed derangement), on the same ``draws`` span masks per caption; paired
+    bootstrap intervals over captions of the differences (``<m>_gain``: with minus without).
+    ``tokenizer``: the text processor's (default: the one the model's options name)."""
+    text_cfg = model.config.modality_config("text")
+    text_proc = get_modality("text").build_processor(text_cfg, tokenizer=tokenizer)
+    enc = text_proc([s["text"] for s in items])
+    ids, att = enc["input_ids"], enc["attention_mask"].bool()  # (N, L)
+    special = torch.tensor(sorted(text_proc.tokenizer.all_special_ids), dtype=ids.dtype)
+    maskable = att & ~torch.isin(ids, special)  # (N, L): the caption's own tokens
+    sampler = SpanMasking(text_cfg.max_length, text_cfg.mask_ratio, text_cfg.mean_span, text_cfg.max_span)
+    masks = sequence_span_masks(maskable, sampler, draws, seed)  # (N, draws, L)
+    wrong = derangement(len(items), seed)
+    conditions: dict[str, dict[str, Any]] = {"without": {}}
+    for m in condition_on:
+        mod = get_modality(m)
+        x = mod.build_processor(model.config.modality_config(m))([s[m] for s in items])  # model inputs, N rows
+        conditions[f"with_{m}"] = dict(x)
+        conditions[f"wrong_{m}"] = {k: v[wrong] for k, v in x.items()}
+    hits = conditioned_hits(model, ids, att, masks, conditions, exclude=special.tolist())  # name -> (N, 3)
+    kept = masks.flatten(1).any(1)  # (N,) captions with >= 2 maskable tokens
+    counts = hits["without"][kept, 2]
+    res: dict[str, Any] = {"captions": int(kept.sum()), "captions_skipped": int((~kept).sum()),
+                           "skipped_because": "fewer than 2 caption tokens besides the special ones",
+                           "masks_per_caption": draws, "masked_tokens": int(counts.sum()),
+                           "mask_ratio": sampler.mask_ratio, "mean_span": sampler.mean_span,
+                           "masked": "caption tokens only (special tokens stay visible and are never predicted, "
+                                     "as fill_spans_text drops them)",
+                           "wrong": "another item's input, a fixed derangement"}
+    acc = {name: {k: float(h[kept, j].sum() / counts.sum()) for j, k in ((0, "top1"), (1, "top5"))}
+           for name, h in hits.items()}
+    for m in condition_on:
+        for j, k in ((0, "top1"), (1, "top5")):
+            res[f"with_{m}_{k}"], res[f"without_{m}_{k}"] = acc[f"with_{m}"][k], acc["without"][k]
+            res[f"wrong_{m}_{k}"] = acc[f"wrong_{m}"][k]
+            for tag, (a, b) in ((f"{m}_gain", (f"with_{m}", "without")),
+                                (f"own_vs_wrong_{m}", (f"with_{m}", f"wrong_{m}")),
+                                (f"wrong_{m}_gain", (f"wrong_{m}", "without"))):
+                res[f"{tag}_{k}"] = acc[a][k] - acc[b][k]
+                res[f"{tag}_{k}_ci95"] = list(paired_bootstrap(hits[a][kept, j], hits[b][kept, j], counts,
+                                                                bootstrap, seed))
+        gain = hits[f"with_{m}"][kept, 0] - hits["without"][kept, 0]
+        res[f"per_caption_{m}_gain_top1_positive"] = int((gain > 0).sum())
+        res[f"per_caption_{m}_gain_top1_negative"] = int((gain < 0).sum())
+    return res
+
+
+def bench_tuxpaint_spans(args: argparse.Namespace) -> dict[str, Any]:
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    work = Path(args.workdir) / "tuxpaint_spans"
+    recipe_file = recipe_path("multimodal/tuxpaint_cpu")
+    overrides = [SPAN_READOUT, *args.overrides]
+    test = tuxpaint("test")
+    torch.manual_seed(args.seed)
+    model, info = _train_for(recipe_file, overrides, args.budget, work, "ours", log, steps=args.steps)
+    t0 = time.perf_counter()
+    ev = conditioned_span_eval(model, test, ("image",), seed=args.seed)
+    res: dict[str, Any] = {"benchmark": "tuxpaint_spans", "budget_s": args.budget, "overrides": overrides,
+                           "objectives": model.config.objectives, "test_stamps": len(test), **info,
+                           **ev, "eval_s": time.perf_counter() - t0}
+    log("[tuxpaint_spans] top-1 with image {with_image_top1:.3f}, without {without_image_top1:.3f}, wrong image "
+        "{wrong_image_top1:.3f}; gain {image_gain_top1:+.3f} (95% CI {image_gain_top1_ci95})".format(**res))
+    return res
+
+
+def bench_spoken_digits_spans(args: argparse.Namespace) -> dict[str, Any]:
+    """The same question where the answer is certain to be in the other modalities: the spoken-digits
+    recipe plus the conditioned readout; a caption ("the number seven") is filled alone, with the
+    sample's digit image, with its spoken digit, and with another sample's of each."""
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    work = Path(args.workdir) / "spoken_digits_spans"
+    overrides = [SPAN_READOUT, *args.overrides]
+    test = spoken_digits("test")
+    torch.manual_seed(args.seed)
+    model, info = _train_for(recipe_path("multimodal/spoken_digits_cpu"), overrides, args.budget, work, "ours", log,
+                             steps=args.steps)
+    t0 = time.perf_counter()
+    ev = conditioned_span_eval(model, test, ("image", "audio"), seed=args.seed)
+    res: dict[str, Any] = {"benchmark": "spoken_digits_spans", "budget_s": args.budget, "overrides": overrides,
+                           "objectives": model.config.objectives, "test_samples": len(test), **info, **ev,
+                           "eval_s": time.perf_counter() - t0}
+    log("[spoken_digits_spans] top-1 alone {without_image_top1:.3f}, with the image {with_image_top1:.3f} (wrong "
+        "{wrong_image_top1:.3f}), with the sound {with_audio_top1:.3f} (wrong {wrong_audio_top1:.3f})".format(**res))
+    return res
+

@@ -83,23 +83,43 @@ def fsdd(split: str = "train") -> list[dict[str, Any]]:
     return out
 
 
-def shakespeare_text(split: str = "train", held_out: float = 0.1) -> str:
+def _line_cut(text: str, fraction: float) -> int:
+    """The index just after the first line boundary at or after ``fraction`` of ``text``."""
+    return text.index("\n", int(len(text) * fraction)) + 1
+
+
+def shakespeare_text(split: str = "train", held_out: float = 0.1, validation: float = 0.0) -> str:
     """Tiny Shakespeare as one string: ``train`` is the first 90%, ``test`` the last 10%, split on
-    the first line boundary at or after 90% of the characters."""
-    if split not in ("train", "test", "all"):
-        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    the first line boundary at or after 90% of the characters.
+
+    ``validation`` > 0 carves a validation part out of the *training* text (its last ``validation``
+    share, again on a line boundary): ``train`` is then what precedes it and ``validation`` is it,
+    so hyper-parameters can be picked without looking at ``test``."""
+    if split not in ("train", "validation", "test", "all"):
+        raise ValueError(f"split must be 'train', 'validation', 'test' or 'all', got {split!r}")
+    if not 0.0 <= validation < 1.0:
+        raise ValueError(f"validation must lie in [0, 1), got {validation}")
+    if split == "validation" and not validation:
+        raise ValueError("split 'validation' needs validation > 0 (the share of the training text held out)")
     path = shared_data_dir() / "tinyshakespeare" / "input.txt"
     text = path.read_text(encoding="utf-8")
     if split == "all":
         return text
-    cut = text.index("\n", int(len(text) * (1.0 - held_out))) + 1
-    return text[:cut] if split == "train" else text[cut:]
+    cut = _line_cut(text, 1.0 - held_out)
+    if split == "test":
+        return text[cut:]
+    train = text[:cut]
+    if not validation:
+        return train
+    vcut = _line_cut(train, 1.0 - validation)
+    return train[:vcut] if split == "train" else train[vcut:]
 
 
-def shakespeare(split: str = "train", chunk_chars: int = 350) -> list[dict[str, Any]]:
-    """Tiny Shakespeare (train: first 90%, test: last 10%, split on a line boundary) as ``text``
-    samples of whole lines, each about ``chunk_chars`` characters long."""
-    text = shakespeare_text(split)
+def shakespeare(split: str = "train", chunk_chars: int = 350, validation: float = 0.0) -> list[dict[str, Any]]:
+    """Tiny Shakespeare (train: first 90%, test: last 10%, split on a line boundary; ``validation``:
+    see :func:`shakespeare_text`) as ``text`` samples of whole lines, each about ``chunk_chars``
+    characters long."""
+    text = shakespeare_text(split, validation=validation)
     out, buf, size = [], [], 0
     for line in text.splitlines(keepends=True):
         buf.append(line)

@@ -21,7 +21,7 @@ from mmjepa.engine import load_recipe
 from mmjepa.modalities import get_modality, modality_for_extension
 from mmjepa.data import (DataConfig, DataError, DataPipeline, DataStream, SampleProcessor, decode_meta,
                          iterate_epoch, model_inputs)
-from mmjepa.datasets import digits, shared_data_dir, spoken_digits
+from mmjepa.datasets import digits, shakespeare, shakespeare_text, shared_data_dir, spoken_digits
 from mmjepa.shards import write_shards
 
 IMAGE = {"image_size": 32, "patch_size": 4, "num_channels": 1, "image_mean": [0.5], "image_std": [0.5], "min_keep": 2}
@@ -415,3 +415,19 @@ def test_the_spoken_digits_low_pair_subsets():
     assert all(all(s[m] is not None for m in ("image", "audio", "text")) for s in paired)
     assert all(sum(s[m] is not None for m in ("image", "audio", "text")) == 1 for s in unpaired)
     assert [s["__key__"] for s in paired] == [s["__key__"] for s in every if s["image"] is not None and s["text"] is not None]
+
+
+def test_shakespeare_validation_is_carved_out_of_training_text_never_test(tmp_path, monkeypatch):
+    (tmp_path / "tinyshakespeare").mkdir()
+    lines = [f"line {i:03d} of the play\n" for i in range(200)]
+    (tmp_path / "tinyshakespeare" / "input.txt").write_text("".join(lines), encoding="utf-8")
+    monkeypatch.setenv("MMJEPA_DATA_DIR", str(tmp_path))
+    train, test = shakespeare_text("train"), shakespeare_text("test")
+    fit, val = shakespeare_text("train", validation=0.1), shakespeare_text("validation", validation=0.1)
+    assert train + test == "".join(lines) and fit + val == train  # whole lines, nothing lost or shared
+    assert val.startswith("line 163") and test.startswith("line 181")  # the line after each cut point
+    assert "".join(s["text"] for s in shakespeare("train", chunk_chars=50, validation=0.1)) == fit
+    with pytest.raises(ValueError, match="needs validation > 0"):
+        shakespeare_text("validation")
+    with pytest.raises(ValueError, match=r"validation must lie in \[0, 1\)"):
+        shakespeare_text("train", validation=1.0)

@@ -34,7 +34,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.tracking import filter_trackers
-from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, ProjectConfiguration, set_seed
+from accelerate.utils import (DistributedDataParallelKwargs, InitProcessGroupKwargs, ProjectConfiguration, send_to_device,
+                               set_seed)
 from tqdm.auto import tqdm
 
 from ..data import DataPipeline, DataStream, model_inputs
@@ -435,7 +436,8 @@ class Trainer:
         for micro, batch in enumerate(batches):
             ctx = acc.no_sync(self.model) if micro < n - 1 else contextlib.nullcontext()
             with ctx:
-                out = self.model(**model_inputs(batch), monitor=monitor and micro == n - 1)
+                inputs = send_to_device(model_inputs(batch), acc.device)  # the data loader is not prepared
+                out = self.model(**inputs, monitor=monitor and micro == n - 1)
                 acc.backward(out.loss / n)
             loss_total = loss_total + out.loss.detach().float()
             if sums is not None:

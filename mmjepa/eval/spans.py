@@ -2,11 +2,18 @@
 the predictor and the model's ``readout`` objective, and measure masked-token top-1 / top-5 accuracy.
 
 - :func:`fill_spans`: token ids + a span mask -> top-k ids/probs per masked position, optionally
-  conditioned on other modalities' inputs (image, audio);
+  conditioned on other modalities: raw values under their plug-in's processor keyword
+  (``images=``, ``audio=`` with ``sampling_rate=``), run through the processor built from the
+  model's options, or model inputs (``pixel_values=``, ``input_features=``); their full view (the
+  context encoder on every token) joins the predictor's context, as the readout objective's
+  ``context: all`` trains it (:func:`conditioning_inputs`);
 - :func:`fill_spans_text`: strings with ``<mask>`` markers -> decoded top-k completions per span
   (one marker = one token; adjacent markers form one multi-token span), distinct and non-empty;
 - :func:`masked_token_accuracy`: top-1/top-5 of any predictor of masked tokens on a fixed set of
   masked chunks (used for mmjepa, BERT and the unigram baseline alike);
+- :func:`sequence_span_masks`, :func:`conditioned_hits`, :func:`paired_bootstrap`: masked-token hits
+  per sequence on fixed span masks of variable-length sequences under several conditionings (with
+  a sequence's own image, without, with another's), and a paired bootstrap interval of a difference;
 - ``mmjepa eval spans --model DIR --text FILE``: :func:`run_spans`.
 
 The span modality is the one the model's readout objective reads out; a tokenizer is checked
@@ -23,7 +30,7 @@ import torch
 from transformers import AutoTokenizer
 
 from ..masking import SpanMasking, pack_indices
-from ..modalities import get_modality
+from ..modalities import get_modality, registered_modalities
 from ..models import MMJepaModel
 from ..objectives import TokenReadout
 
@@ -39,6 +46,51 @@ def readout_of(model: Any) -> TokenReadout:
     return readouts[0]
 
 
+def conditioning_inputs(model: Any, span: str, batch_size: int, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The keywords of :func:`fill_spans` that name other modalities -> their model inputs.
+
+    For every modality of ``model`` but ``span``: its plug-in's ``processor_arg`` (``images=``) is
+    raw input, run through the processor built from the model's options together with its
+    ``processor_kwargs`` (``sampling_rate=``); its ``input_key`` and ``sample_keys``
+    (``pixel_values=``, ``input_features_valid=``) are model inputs, taken as they are. ValueError
+    for an unknown keyword (naming the accepted ones), for raw and model input of one modality
+    together, and for a modality whose input does not hold ``batch_size`` samples.
+    """
+    plugins = {name: get_modality(name) for name in model.modality_names if name != span}
+    raw_args = {mod.processor_arg: name for name, mod in plugins.items()}
+    extra_args = {k: name for name, mod in plugins.items() for k in mod.processor_kwargs}
+    model_keys = {k: name for name, mod in plugins.items() for k in (mod.input_key, *mod.sample_keys)}
+    unknown = sorted(set(inputs) - set(raw_args) - set(extra_args) - set(model_keys))
+    if unknown:
+        accepted = ", ".join(f"{k}= ({n})" for k, n in {**raw_args, **extra_args, **model_keys}.items())
+        known = {k: name for name in registered_modalities() for k in
+                 (get_modality(name).processor_arg, get_modality(name).input_key)}
+        missing = sorted({known[k] for k in unknown if k in known})
+        hint = f" (the model has no {', '.join(missing)} modality)" if missing else ""
+        raise ValueError(f"unknown keyword(s) {unknown}{hint}: besides the {span} tokens, this model takes "
+                         f"{accepted or 'nothing (it has no other modality)'}")
+    out: dict[str, Any] = {k: v for k, v in inputs.items() if k in model_keys and v is not None}
+    for arg, name in raw_args.items():
+        mod = plugins[name]
+        if inputs.get(arg) is None:
+            continue
+        if inputs.get(mod.input_key) is not None:
+            raise ValueError(f"give the {name} modality either raw values ({arg}=) or its model input "
+                             f"({mod.input_key}=), not both")
+        kwargs = {k: inputs[k] for k in mod.processor_kwargs if inputs.get(k) is not None}
+        out.update(mod.build_processor(model.config.modality_config(name))(inputs[arg], **kwargs))
+    for k, name in extra_args.items():
+        if inputs.get(k) is not None and inputs.get(plugins[name].processor_arg) is None:
+            raise ValueError(f"{k}= goes with raw {name} input ({plugins[name].processor_arg}=)")
+    for name, mod in plugins.items():
+        x = out.get(mod.input_key)
+        if x is not None and len(x) != batch_size:
+            given = mod.processor_arg if inputs.get(mod.processor_arg) is not None else mod.input_key
+            raise ValueError(f"batch size mismatch: {batch_size} {span} sequence(s) but {len(x)} {name} "
+                             f"input(s) ({given}=); give one per sequence")
+    return out
+
+
 @torch.no_grad()
 def span_logits(model: Any, input_ids: torch.Tensor, span_mask: torch.Tensor,
                 attention_mask: torch.Tensor | None = None,
@@ -46,15 +98,17 @@ def span_logits(model: Any, input_ids: torch.Tensor, span_mask: torch.Tensor,
     """Vocabulary logits at the masked positions.
 
     input_ids (B, L); span_mask (B, L) bool, True on tokens to predict; attention_mask (B, L) marks
-    real tokens (default: every token). Other modalities' model inputs (``pixel_values=``,
-    ``input_features=`` ...) join the context. Returns logits (B, K, V), positions (B, K) and
-    validity (B, K) bool (None when every row masks K tokens).
+    real tokens (default: every token). Other modalities join the context with their full view:
+    raw values (``images=``, ``audio=`` ...) or model inputs (``pixel_values=`` ...), see
+    :func:`conditioning_inputs`. Returns logits (B, K, V), positions (B, K) and validity (B, K)
+    bool (None when every row masks K tokens).
     """
     readout = readout_of(model)
     span = readout.modality
     if input_ids.dim() != 2 or span_mask.shape != input_ids.shape:
         raise ValueError(f"input_ids and span_mask must both be (B, L), got {tuple(input_ids.shape)} "
                          f"and {tuple(span_mask.shape)}")
+    other_inputs = conditioning_inputs(model, span, input_ids.shape[0], other_inputs)
     dev = next(model.parameters()).device
     input_ids = input_ids.to(dev)
     real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(dev).bool()
@@ -97,8 +151,11 @@ def fill_spans(model: Any, input_ids: torch.Tensor, span_mask: torch.Tensor | No
     """Top-k predictions for every masked token.
 
     ``span_mask`` (B, L) bool defaults to ``input_ids == mask_token_id`` (the span modality's
-    option). Returns a dict with ``positions`` (B, K), ``valid`` (B, K) bool, ``top_ids``
-    (B, K, top_k), ``top_probs`` (B, K, top_k) and ``logits`` (B, K, V).
+    option). Other modalities condition the prediction: ``images=`` (PIL images, arrays, paths),
+    ``audio=`` (+ ``sampling_rate=``) ... — each plug-in's processor keyword — or their model
+    inputs (``pixel_values=`` ...), one per sequence (:func:`conditioning_inputs`). Returns a dict
+    with ``positions`` (B, K), ``valid`` (B, K) bool, ``top_ids`` (B, K, top_k), ``top_probs``
+    (B, K, top_k) and ``logits`` (B, K, V).
     """
     _check_top_k(top_k)
     if not isinstance(input_ids, torch.Tensor) or (span_mask is not None and not isinstance(span_mask, torch.Tensor)):
@@ -153,8 +210,8 @@ def fill_spans_text(model: Any, tokenizer: Any, texts: str | Sequence[str], top_
     Each mask marker stands for one token; adjacent markers form one span of several tokens.
     ``tokenizer`` must be the one the model was trained with (its vocabulary fingerprint is
     checked). Returns, per text, per span (left to right), up to ``top_k`` distinct, non-empty
-    (completion, probability) pairs. Other modalities' model inputs (``pixel_values=`` ...) condition
-    the prediction.
+    (completion, probability) pairs. Other modalities condition the prediction, one value per text:
+    raw (``images=``, ``audio=`` + ``sampling_rate=``) or model inputs (``pixel_values=`` ...).
     """
     readout = readout_of(model)
     cfg = model.config.modality_config(readout.modality)
@@ -224,6 +281,79 @@ def masked_token_accuracy(predict: Callable[[torch.Tensor, torch.Tensor], torch.
         hit5 += int((top == labels[:, None]).any(1).sum())
         total += len(labels)
     return {"top1": hit1 / total, "top5": hit5 / total, "num_masked": total}
+
+
+def sequence_span_masks(maskable: torch.Tensor, sampler: SpanMasking, draws: int, seed: int = 0) -> torch.Tensor:
+    """Fixed span masks of variable-length sequences: ``maskable`` (N, L) bool (the tokens that may
+    be hidden, e.g. a caption's real tokens but its special ones) -> (N, draws, L) bool, ``draws``
+    masks per sequence laid by ``sampler`` over its maskable tokens, from one generator seeded with
+    ``seed`` (the same masks for every model and conditioning compared). Each mask hides at least
+    one maskable token and keeps at least one; a sequence with fewer than 2 maskable tokens gets
+    empty masks (callers skip it)."""
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
+    g = torch.Generator().manual_seed(seed)
+    N, L = maskable.shape
+    out = torch.zeros(N, draws, L, dtype=torch.bool)
+    for i in range(N):
+        pos = maskable[i].nonzero().squeeze(1)  # (n,)
+        if len(pos) < 2:
+            continue
+        for r in range(draws):
+            out[i, r, pos[sampler.sample(len(pos), g)]] = True
+    return out
+
+
+@torch.no_grad()
+def conditioned_hits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, masks: torch.Tensor,
+                     conditions: dict[str, dict[str, Any]], batch_size: int = 256,
+                     exclude: Sequence[int] = ()) -> dict[str, torch.Tensor]:
+    """Masked-token hits per sequence under several conditionings, on the same masks.
+
+    ``input_ids``, ``attention_mask`` (N, L); ``masks`` (N, R, L) bool (:func:`sequence_span_masks`;
+    an all-False row is skipped); ``conditions``: name -> the other modalities' inputs for the N
+    sequences, as :func:`fill_spans` takes them (``{}``: the sequence alone). Raw values are
+    processed once. ``exclude``: token ids never predicted (e.g. the special tokens, which
+    :func:`fill_spans_text` drops too, when only ordinary tokens are masked). Returns name -> (N, 3)
+    long: top-1 hits, top-5 hits and masked tokens per sequence, summed over its R masks."""
+    span = readout_of(model).modality
+    N, R, L = masks.shape
+    rows = masks.reshape(N * R, L).any(1).nonzero().squeeze(1)  # (n_rows,) flat (sequence, draw) rows
+    seq = rows // R  # (n_rows,) the sequence of each row
+    out = {}
+    for name, given in conditions.items():
+        inputs = conditioning_inputs(model, span, N, given)  # model inputs, N rows each
+        hits = torch.zeros(N, 3, dtype=torch.long)
+        for a in range(0, len(rows), batch_size):
+            r, s = rows[a : a + batch_size], seq[a : a + batch_size]
+            ids, att, m = input_ids[s], attention_mask[s], masks.reshape(N * R, L)[r]  # (b, L) each
+            cond = {k: v[s.to(v.device)] if torch.is_tensor(v) else [v[i] for i in s.tolist()]
+                    for k, v in inputs.items()}
+            logits, pos, valid = span_logits(model, ids, m, att, **cond)  # (b, K, V), (b, K), (b, K) or None
+            if len(exclude):
+                logits[..., list(exclude)] = float("-inf")
+            labels = ids.to(pos.device).gather(1, pos)  # (b, K)
+            ok = torch.ones_like(labels, dtype=torch.bool) if valid is None else valid
+            top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # (b, K, 5)
+            hit1 = ((top[..., 0] == labels) & ok).sum(1)  # (b,)
+            hit5 = ((top == labels[..., None]).any(-1) & ok).sum(1)  # (b,)
+            hits.index_add_(0, s, torch.stack([hit1, hit5, ok.sum(1)], 1).cpu())
+        out[name] = hits
+    return out
+
+
+def paired_bootstrap(hits_a: torch.Tensor, hits_b: torch.Tensor, counts: torch.Tensor, num: int = 2000,
+                     seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``sum(hits_a) / sum(counts) - sum(hits_b) / sum(counts)``,
+    resampling the sequences (the rows of the (N,) tensors) with replacement: paired, since both
+    accuracies are measured on the same sequences and masks."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(counts), (num, len(counts)), generator=g)  # (num, N)
+    n = counts[idx].sum(1).double().clamp_min(1)  # (num,)
+    diff = (hits_a[idx].sum(1) - hits_b[idx].sum(1)).double() / n  # (num,)
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    lo, hi = diff.quantile(q).tolist()
+    return lo, hi
 
 
 def mmjepa_predictor(model: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -2,6 +2,22 @@
 vocabulary logits, trained with cross-entropy on the masked tokens (masked-span prediction).
 
 Works for any modality whose options have a ``vocab_size`` and whose model input holds token ids.
+
+``context`` says what the predictor sees when it predicts the masked tokens the head reads out:
+
+- ``own`` (default): the modality's own visible tokens (``view.predictions``), as intra-modal
+  prediction does; term ``readout/<m>``, monitor ``<m>/readout_acc``.
+- ``all``: the modality's own visible tokens plus the *full* view of every other modality the
+  sample holds (the context encoder on all their tokens, shared with the cross-modal and
+  contrastive objectives), so the head learns to use, say, the picture a caption describes. This is
+  the context ``fill_spans`` gives the predictor when it is passed another modality's input. A sample
+  that holds no other modality is predicted from its own context (all it has). Term
+  ``readout/<m>/conditioned``, monitor ``<m>/readout_acc_conditioned``.
+- ``both``: the two cross-entropies, each a mean over the batch's masked tokens, averaged:
+  ``loss = (readout/<m> + readout/<m>/conditioned) / 2``. Per masked token that is
+  ``(own + conditioned) / 2`` for a sample holding another modality and its own-context term, once,
+  for a sample holding none (its two predictions are the same), so every masked token weighs the
+  same. Both terms and both monitors are logged (``all`` logs the own ones too, for comparison).
 """
 
 from __future__ import annotations
@@ -13,21 +29,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LatentView, Objective, ObjectiveConfig, ObjectiveOutput, register_objective
+from .base import LatentView, Objective, ObjectiveConfig, ObjectiveOutput, check_choice, register_objective
+from .cross import context_groups
+
+CONTEXTS = ("own", "all", "both")
 
 
 @dataclass
 class ReadoutConfig(ObjectiveConfig):
     """``modality``: whose tokens to read out; ``stop_grad``: train the head on detached
-    predictions, so only the latent objective shapes the encoder and predictor."""
+    predictions, so only the latent objective shapes the encoder and predictor; ``context``: the
+    predictor's context for the read-out predictions, ``own`` | ``all`` | ``both`` (module docstring)."""
 
     modality: str = ""
     stop_grad: bool = False
+    context: str = "own"
 
     def __post_init__(self):
         super().__post_init__()
         if not self.modality:
             raise ValueError("modality must name the modality whose tokens are read out")
+        check_choice("context", self.context, CONTEXTS)
 
 
 class ReadoutHead(nn.Module):
@@ -45,8 +67,10 @@ class ReadoutHead(nn.Module):
 
 @register_objective
 class TokenReadout(Objective):
-    """Cross-entropy of the masked tokens of ``modality`` read out of the predicted latents; term
-    ``readout/<modality>``, monitor ``<modality>/readout_acc`` (top-1 on the masked tokens)."""
+    """Cross-entropy of the masked tokens of ``modality`` read out of the predicted latents; terms
+    ``readout/<modality>`` (own context) and ``readout/<modality>/conditioned`` (with the sample's
+    other modalities), monitors ``<modality>/readout_acc`` and ``<modality>/readout_acc_conditioned``
+    (top-1 on the masked tokens). See the module docstring for ``context``."""
 
     name = "readout"
     config_class = ReadoutConfig
@@ -69,21 +93,61 @@ class TokenReadout(Objective):
         """Predicted latents (..., D) -> vocabulary logits (..., V)."""
         return self.head(latents)
 
-    def forward(self, view: LatentView) -> ObjectiveOutput | None:
+    def labels(self, view: LatentView) -> torch.Tensor:
+        """The token ids at the target indices (Bm*M*Kt,), sample-major; -100 on padded targets."""
         m = self.modality
-        if m not in view.masks:
-            return None
-        pred = view.predictions(m)  # (B*M, Kt, D), sample-major (from the modality's own context)
-        tidx = view.masks[m]["target"]  # (B, M, Kt)
+        tidx = view.masks[m]["target"]  # (Bm, M, Kt)
         B, M, Kt = tidx.shape
         labels = torch.gather(view.inputs[m], 1, tidx.reshape(B, M * Kt)).reshape(B * M * Kt)
         valid = view.masks[m].get("target_valid")
         if valid is not None:
             labels = labels.masked_fill(~valid.reshape(-1), -100)
+        return labels
+
+    def conditioned_predictions(self, view: LatentView) -> torch.Tensor:
+        """Predictions of the target indices of ``modality`` from its own masked context plus the
+        full view of every other modality each sample holds, (Bm*M, Kt, D) sample-major as
+        ``view.predictions``; a sample holding no other modality gets its own-context prediction."""
+        m = self.modality
+        tidx = view.masks[m]["target"]  # (Bm, M, Kt)
+        tvalid = view.masks[m].get("target_valid")  # (Bm, M, Kt) or None
+        Bm, M, Kt = tidx.shape
+        groups = list(context_groups(view, view.present[m], m))
+        covered = sum(len(g) for _, g in groups)
+        pred = view.predictions(m) if covered < Bm else None  # (Bm*M, Kt, D): the lone samples
+        for others, group in groups:
+            rows = view.rows(m, group)  # (R,)
+            contexts = [(m, *view.aligned_context(m, group)),
+                        *((o, *view.aligned_context(o, group, full=True)) for o in others)]
+            p = view.predictor(contexts, m, tidx[rows], None if tvalid is None else tvalid[rows])  # (R*M, Kt, D)
+            if pred is None:
+                pred = p.new_zeros(Bm, M, Kt, p.shape[-1])
+            else:
+                pred = pred.reshape(Bm, M, Kt, -1)
+            pred = pred.index_put((rows,), p.reshape(len(rows), M, Kt, -1)).reshape(Bm * M, Kt, -1)
+        return pred
+
+    def read(self, pred: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted latents (Bm*M, Kt, D) -> (mean cross-entropy over the real targets, top-1 accuracy)."""
         if self.cfg.stop_grad:
             pred = pred.detach()
-        logits = self.head(pred).reshape(B * M * Kt, -1).float()  # (B*M*Kt, V)
+        logits = self.head(pred).reshape(labels.shape[0], -1).float()  # (Bm*M*Kt, V)
         ce = F.cross_entropy(logits, labels, ignore_index=-100)
         keep = labels != -100
         acc = (logits.argmax(-1)[keep] == labels[keep]).float().mean()
-        return ObjectiveOutput(ce, {f"readout/{m}": ce}, {f"{m}/readout_acc": acc.detach()})
+        return ce, acc.detach()
+
+    def forward(self, view: LatentView) -> ObjectiveOutput | None:
+        m = self.modality
+        if m not in view.masks:
+            return None
+        labels = self.labels(view)  # (Bm*M*Kt,)
+        ce, acc = self.read(view.predictions(m), labels)  # from the modality's own context
+        terms, metrics = {f"readout/{m}": ce}, {f"{m}/readout_acc": acc}
+        if self.cfg.context == "own":
+            return ObjectiveOutput(ce, terms, metrics)
+        ce_all, acc_all = self.read(self.conditioned_predictions(view), labels)
+        terms[f"readout/{m}/conditioned"] = ce_all
+        metrics[f"{m}/readout_acc_conditioned"] = acc_all
+        loss = ce_all if self.cfg.context == "all" else (ce + ce_all) / 2
+        return ObjectiveOutput(loss, terms, metrics)
