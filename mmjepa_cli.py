@@ -269,7 +269,9 @@ def _bench(p: argparse.ArgumentParser) -> None:
                          "(caption span filling with and without the image / sound)")
     qp.add_argument("--json", default=None, help="write the results to this JSON file")
     qp.add_argument("--workdir", default="runs/bench_quality", help="tokenizer, checkpoints, exports")
-    qp.add_argument("--steps", type=int, default=None, help="override train.max_steps of the recipe")
+    qp.add_argument("--steps", type=int, default=None,
+                    help="override train.max_steps of the recipe (*_spans: train that many steps instead of --budget; "
+                         "shakespeare --sweep: the steps of every setting)")
     qp.add_argument("--seed", type=int, default=0, help="seed of the held-out masks / random encoder")
     qp.add_argument("--seeds", default="0", help="shakespeare: comma list of training seeds (default 0)")
     qp.add_argument("--models", default="mmjepa,modernbert,bert",

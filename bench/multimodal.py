@@ -45,7 +45,6 @@ from mmjepa.engine import load_recipe, train
 from mmjepa.eval.probe import linear_probe
 from mmjepa.eval.retrieval import class_positives, recall_at_k
 from mmjepa.eval.spans import conditioned_hits, paired_bootstrap, sequence_span_masks
-from mmjepa.masking import SpanMasking
 from mmjepa.modalities import get_modality
 from mmjepa.models import MMJepaModel
 from mmjepa.objectives import PooledPrediction
@@ -306,7 +305,7 @@ def conditioned_span_eval(model: MMJepaModel, items: list[dict[str, Any]], condi
     ids, att = enc["input_ids"], enc["attention_mask"].bool()  # (N, L)
     special = torch.tensor(sorted(text_proc.tokenizer.all_special_ids), dtype=ids.dtype)
     maskable = att & ~torch.isin(ids, special)  # (N, L): the caption's own tokens
-    sampler = SpanMasking(text_cfg.max_length, text_cfg.mask_ratio, text_cfg.mean_span, text_cfg.max_span)
+    sampler = get_modality("text").build_mask_sampler(text_cfg)
     masks = sequence_span_masks(maskable, sampler, draws, seed)  # (N, draws, L)
     wrong = derangement(len(items), seed)
     conditions: dict[str, dict[str, Any]] = {"without": {}}
@@ -343,41 +342,33 @@ def conditioned_span_eval(model: MMJepaModel, items: list[dict[str, Any]], condi
     return res
 
 
-def bench_tuxpaint_spans(args: argparse.Namespace) -> dict[str, Any]:
-    log = lambda s: print(s, flush=True)  # noqa: E731
-    work = Path(args.workdir) / "tuxpaint_spans"
-    recipe_file = recipe_path("multimodal/tuxpaint_cpu")
+def _bench_spans(args: argparse.Namespace, name: str, recipe: str, items: list[dict[str, Any]],
+                 condition_on: Sequence[str]) -> dict[str, Any]:
+    """Train ``recipe`` plus the conditioned readout (``--budget`` seconds or ``--steps``), then
+    :func:`conditioned_span_eval` on ``items``."""
     overrides = [SPAN_READOUT, *args.overrides]
-    test = tuxpaint("test")
     torch.manual_seed(args.seed)
-    model, info = _train_for(recipe_file, overrides, args.budget, work, "ours", log, steps=args.steps)
+    model, info = _train_for(recipe_path(recipe), overrides, args.budget, Path(args.workdir) / name, "ours",
+                             lambda s: print(s, flush=True), steps=args.steps)
     t0 = time.perf_counter()
-    ev = conditioned_span_eval(model, test, ("image",), seed=args.seed)
-    res: dict[str, Any] = {"benchmark": "tuxpaint_spans", "budget_s": args.budget, "overrides": overrides,
-                           "objectives": model.config.objectives, "test_stamps": len(test), **info,
-                           **ev, "eval_s": time.perf_counter() - t0}
-    log("[tuxpaint_spans] top-1 with image {with_image_top1:.3f}, without {without_image_top1:.3f}, wrong image "
-        "{wrong_image_top1:.3f}; gain {image_gain_top1:+.3f} (95% CI {image_gain_top1_ci95})".format(**res))
+    ev = conditioned_span_eval(model, items, condition_on, seed=args.seed)
+    res: dict[str, Any] = {"benchmark": name, "budget_s": args.budget, "overrides": overrides,
+                           "objectives": model.config.objectives, "test_items": len(items), **info, **ev,
+                           "eval_s": time.perf_counter() - t0}
+    print(f"[{name}] top-1 alone {res['without_' + condition_on[0] + '_top1']:.3f}; " + "; ".join(
+        f"with the {m} {res[f'with_{m}_top1']:.3f} (another's {res[f'wrong_{m}_top1']:.3f}, gain "
+        f"{res[f'{m}_gain_top1']:+.3f}, 95% CI {res[f'{m}_gain_top1_ci95']})" for m in condition_on), flush=True)
     return res
+
+
+def bench_tuxpaint_spans(args: argparse.Namespace) -> dict[str, Any]:
+    """Tux Paint captions filled alone, with their stamp's image and with another stamp's."""
+    return _bench_spans(args, "tuxpaint_spans", "multimodal/tuxpaint_cpu", tuxpaint("test"), ("image",))
 
 
 def bench_spoken_digits_spans(args: argparse.Namespace) -> dict[str, Any]:
     """The same question where the answer is certain to be in the other modalities: the spoken-digits
     recipe plus the conditioned readout; a caption ("the number seven") is filled alone, with the
     sample's digit image, with its spoken digit, and with another sample's of each."""
-    log = lambda s: print(s, flush=True)  # noqa: E731
-    work = Path(args.workdir) / "spoken_digits_spans"
-    overrides = [SPAN_READOUT, *args.overrides]
-    test = spoken_digits("test")
-    torch.manual_seed(args.seed)
-    model, info = _train_for(recipe_path("multimodal/spoken_digits_cpu"), overrides, args.budget, work, "ours", log,
-                             steps=args.steps)
-    t0 = time.perf_counter()
-    ev = conditioned_span_eval(model, test, ("image", "audio"), seed=args.seed)
-    res: dict[str, Any] = {"benchmark": "spoken_digits_spans", "budget_s": args.budget, "overrides": overrides,
-                           "objectives": model.config.objectives, "test_samples": len(test), **info, **ev,
-                           "eval_s": time.perf_counter() - t0}
-    log("[spoken_digits_spans] top-1 alone {without_image_top1:.3f}, with the image {with_image_top1:.3f} (wrong "
-        "{wrong_image_top1:.3f}), with the sound {with_audio_top1:.3f} (wrong {wrong_audio_top1:.3f})".format(**res))
-    return res
-
+    return _bench_spans(args, "spoken_digits_spans", "multimodal/spoken_digits_cpu", spoken_digits("test"),
+                        ("image", "audio"))

@@ -53,7 +53,7 @@ from mmjepa.datasets import shakespeare_text
 from mmjepa.engine import load_recipe, train
 from mmjepa.engine.optim import build_optimizer, cosine_with_warmup, set_hyperparams
 from mmjepa.eval.spans import chunk_ids, masked_token_accuracy, mmjepa_predictor, span_masks
-from mmjepa.masking import SpanMasking
+from mmjepa.modalities import get_modality
 from mmjepa.models import MMJepaModel
 from mmjepa.plot import line_plot
 from mmjepa.recipes import recipe_path
@@ -210,9 +210,10 @@ class HeldOut:
 
 
 def held_out(tokenizer: Any, text: str, cfg: Any, seed: int) -> HeldOut:
+    """``text`` cut into ``max_length`` chunks, masked by the text plug-in's span sampler with ``seed``."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     chunks = chunk_ids(ids, cfg.max_length)
-    sampler = SpanMasking(cfg.max_length, cfg.mask_ratio, cfg.mean_span, cfg.max_span)
+    sampler = get_modality("text").build_mask_sampler(cfg)
     return HeldOut(chunks, span_masks(len(chunks), cfg.max_length, sampler, seed=seed))
 
 
@@ -227,22 +228,21 @@ def mlm_predictor(model: torch.nn.Module, mask_id: int) -> Callable[[torch.Tenso
     return predict
 
 
-def unigram_scores(tokenizer: Any, text: str, vocab: int) -> tuple[dict[str, float], float, torch.Tensor]:
+def unigram_counts(tokenizer: Any, text: str, vocab: int) -> tuple[torch.Tensor, float]:
+    """Token counts (V,) of ``text`` and the entropy (nats) of their distribution."""
     counts = torch.bincount(torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"]),
                             minlength=vocab).float()
     p = counts / counts.sum()
-    return counts, float(-(p[p > 0] * p[p > 0].log()).sum()), p
+    return counts, float(-(p[p > 0] * p[p > 0].log()).sum())
 
 
 # ----------------------------------------------------------------------------- one seed
 @dataclass
 class Setup:
-    """What every seed shares: the work folder, tokenizer, evaluation set and overrides."""
+    """What every seed shares: the work folder, tokenizer, overrides, evaluation set and the unigram floor."""
 
     work: Path
     tokenizer: Any
-    eval_text: str
-    train_text: str
     overrides: list[str]
     evalset: HeldOut
     unigram: dict[str, float]
@@ -269,9 +269,9 @@ def _setup(args: argparse.Namespace) -> Setup:
     if args.steps:
         overrides.append(f"train.max_steps={args.steps}")
     evalset = held_out(tok, eval_text, text_cfg, args.seed)
-    counts, entropy, _ = unigram_scores(tok, train_text, text_cfg.vocab_size)
+    counts, entropy = unigram_counts(tok, train_text, text_cfg.vocab_size)
     unigram = masked_token_accuracy(lambda ids, m: counts.expand(int(m.sum()), -1), evalset.chunks, evalset.masks)
-    return Setup(work, tok, eval_text, train_text, overrides + list(args.overrides), evalset, unigram, entropy)
+    return Setup(work, tok, overrides + list(args.overrides), evalset, unigram, entropy)
 
 
 def _recipe(setup: Setup, seed: int, tag: str) -> Any:

@@ -32,6 +32,7 @@ from transformers import AutoTokenizer
 from ..masking import SpanMasking, pack_indices
 from ..modalities import get_modality, registered_modalities
 from ..models import MMJepaModel
+from ..processing import MMJepaProcessor
 from ..objectives import TokenReadout
 
 
@@ -69,19 +70,19 @@ def conditioning_inputs(model: Any, span: str, batch_size: int, inputs: dict[str
         hint = f" (the model has no {', '.join(missing)} modality)" if missing else ""
         raise ValueError(f"unknown keyword(s) {unknown}{hint}: besides the {span} tokens, this model takes "
                          f"{accepted or 'nothing (it has no other modality)'}")
-    out: dict[str, Any] = {k: v for k, v in inputs.items() if k in model_keys and v is not None}
     for arg, name in raw_args.items():
-        mod = plugins[name]
-        if inputs.get(arg) is None:
-            continue
-        if inputs.get(mod.input_key) is not None:
+        if inputs.get(arg) is not None and inputs.get(plugins[name].input_key) is not None:
             raise ValueError(f"give the {name} modality either raw values ({arg}=) or its model input "
-                             f"({mod.input_key}=), not both")
-        kwargs = {k: inputs[k] for k in mod.processor_kwargs if inputs.get(k) is not None}
-        out.update(mod.build_processor(model.config.modality_config(name))(inputs[arg], **kwargs))
+                             f"({plugins[name].input_key}=), not both")
     for k, name in extra_args.items():
         if inputs.get(k) is not None and inputs.get(plugins[name].processor_arg) is None:
             raise ValueError(f"{k}= goes with raw {name} input ({plugins[name].processor_arg}=)")
+    out: dict[str, Any] = {k: v for k, v in inputs.items() if k in model_keys and v is not None}
+    raw = {k: v for k, v in inputs.items() if k not in model_keys and v is not None}
+    if any(inputs.get(arg) is not None for arg in raw_args):  # the processors built from the model's options
+        processor = MMJepaProcessor({name: mod.build_processor(model.config.modality_config(name))
+                                     for name, mod in plugins.items()})
+        out.update(processor(**raw))
     for name, mod in plugins.items():
         x = out.get(mod.input_key)
         if x is not None and len(x) != batch_size:

@@ -112,20 +112,14 @@ class TokenReadout(Objective):
         tidx = view.masks[m]["target"]  # (Bm, M, Kt)
         tvalid = view.masks[m].get("target_valid")  # (Bm, M, Kt) or None
         Bm, M, Kt = tidx.shape
-        groups = list(context_groups(view, view.present[m], m))
-        covered = sum(len(g) for _, g in groups)
-        pred = view.predictions(m) if covered < Bm else None  # (Bm*M, Kt, D): the lone samples
-        for others, group in groups:
+        pred = view.predictions(m).unflatten(0, (Bm, M))  # (Bm, M, Kt, D): own context (cached; kept for lone samples)
+        for others, group in context_groups(view, view.present[m], m):
             rows = view.rows(m, group)  # (R,)
             contexts = [(m, *view.aligned_context(m, group)),
                         *((o, *view.aligned_context(o, group, full=True)) for o in others)]
             p = view.predictor(contexts, m, tidx[rows], None if tvalid is None else tvalid[rows])  # (R*M, Kt, D)
-            if pred is None:
-                pred = p.new_zeros(Bm, M, Kt, p.shape[-1])
-            else:
-                pred = pred.reshape(Bm, M, Kt, -1)
-            pred = pred.index_put((rows,), p.reshape(len(rows), M, Kt, -1)).reshape(Bm * M, Kt, -1)
-        return pred
+            pred = pred.index_put((rows,), p.unflatten(0, (len(rows), M)))
+        return pred.flatten(0, 1)  # (Bm*M, Kt, D)
 
     def read(self, pred: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Predicted latents (Bm*M, Kt, D) -> (mean cross-entropy over the real targets, top-1 accuracy)."""
