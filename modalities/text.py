@@ -83,6 +83,10 @@ class TokenEmbed(nn.Module):
     def grid_coords(self) -> torch.Tensor:
         return torch.arange(self.num_tokens).unsqueeze(1)  # (N, 1)
 
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The token table (V, D), as transformers models name it (a tied read-out head uses it)."""
+        return self.tok
+
     def position_table(self, dim: int) -> torch.Tensor:
         return sincos_1d(dim, torch.arange(self.num_tokens))  # (N, dim)
 

@@ -64,6 +64,35 @@ def test_readout_loss_joins_the_latent_loss(tokenizer, stop_grad):
         assert pred_grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("stop_grad", [False, True])
+def test_a_tied_readout_reads_through_the_token_table(tokenizer, tmp_path, stop_grad):
+    """tie_embeddings: no output weight of its own (V x D fewer parameters), the logits are the
+    head's hidden state against the context encoder's token table, which the cross-entropy trains
+    (unless stop_grad); the model saves, loads and fills spans the same."""
+    untied = tiny_model()
+    model = tiny_model({"intra": {}, "readout": {"modality": "text", "tie_embeddings": True, "stop_grad": stop_grad}})
+    head, table = model.objectives["readout"].head, model.token_embeddings("text")
+    assert table is model.encoders["text"].embed.tok.weight and head.decoder is None
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(untied) - n(model) == VOCAB * 32  # the untied output weight; the bias stays
+    batch = text_batch(model, tokenizer)
+    out = model(**batch)
+    out.losses["readout/text"].backward()
+    assert head.decoder_bias.grad.abs().sum() > 0
+    table_grad = table.grad.abs().sum() if table.grad is not None else 0
+    assert (table_grad == 0) if stop_grad else (table_grad > 0)
+    h = torch.randn(3, 32)
+    torch.testing.assert_close(model.objectives["readout"].logits(h, table),
+                               head.norm(torch.nn.functional.gelu(head.dense(h))) @ table.T + head.decoder_bias)
+    with pytest.raises(ValueError, match="tied to the token embeddings"):
+        model.objectives["readout"].logits(h)
+    model.eval().save_pretrained(tmp_path / "tied")
+    loaded = MMJepaModel.from_pretrained(tmp_path / "tied").eval()
+    ids = torch.randint(5, VOCAB, (2, LENGTH), generator=torch.Generator().manual_seed(1))
+    ids[:, 4:7] = 4
+    torch.testing.assert_close(fill_spans(model, ids)["logits"], fill_spans(loaded, ids)["logits"])
+
+
 def test_a_text_model_gets_a_readout_by_default_and_none_without_it():
     assert list(tiny_model().objectives) == ["intra", "readout"]
     model = tiny_model({"intra": {}})

@@ -211,6 +211,16 @@ class MMJepaModel(SavingMixin, MMJepaPreTrainedModel):
         return self
 
     # ------------------------------------------------------------------ helpers
+    def token_embeddings(self, modality: str) -> torch.Tensor:
+        """The token-embedding table (V, D) of a discrete-token modality's context encoder (what a
+        read-out head with ``tie_embeddings`` uses as its output weight)."""
+        embed = getattr(self.encoders[modality], "embed", None)
+        table = embed.get_input_embeddings() if hasattr(embed, "get_input_embeddings") else None
+        if table is None or table.weight.shape[-1] != self.config.hidden_size:
+            raise ValueError(f"the {modality} encoder has no token-embedding table of the model's width "
+                             f"({self.config.hidden_size}) to tie a read-out head to")
+        return table.weight  # (V, D)
+
     def model_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """{modality: model input} for every modality of this model present in ``batch``."""
         out = {}
@@ -455,6 +465,10 @@ class JepaView:
     def center(self, modality: str) -> torch.Tensor:
         """The running centre of ``modality``'s pooled embeddings (D,) (see :class:`EmbeddingCenters`)."""
         return self.model.centers.get(modality)
+
+    def token_embeddings(self, modality: str) -> torch.Tensor:
+        """The context encoder's token-embedding table (V, D) of ``modality``, with gradients."""
+        return self.model.token_embeddings(modality)
 
     def pooled_target(self, modality: str) -> torch.Tensor:
         """The mean of the EMA target latents over real tokens (Bm, D), as ``embed`` pools them."""

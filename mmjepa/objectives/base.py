@@ -96,6 +96,9 @@ class LatentView(Protocol):
     def center(self, modality: str) -> torch.Tensor:
         """The running centre (D,) that ``model.embed`` subtracts from the pooled embedding."""
 
+    def token_embeddings(self, modality: str) -> torch.Tensor:
+        """The context encoder's token-embedding table (V, D) of a discrete-token modality, with gradients."""
+
     def targets(self, modality: str, all_sets: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Layer-normed EMA-target latents at the target indices, (Bm*M, Kt, D) sample-major, and their
         validity (Bm*M, Kt) or None; no gradient. ``all_sets``: of all R mask sets, (Bm*R*M, Kt, D)
