@@ -140,8 +140,7 @@ def span_logits(model: Any, input_ids: torch.Tensor, span_mask: torch.Tensor,
             context.append((name, z, idx, valid))
         tv = tgt_valid.unsqueeze(1) if tgt_valid is not None else None
         pred = model.predictor(context, span, tgt_idx.unsqueeze(1), tv)  # (B, K, D)
-        emb = model.token_embeddings(span) if readout.tied else None  # (V, D) for a tied head
-        logits = readout.logits(pred, emb).float()  # (B, K, V)
+        logits = readout.logits(pred, readout.output_table(model)).float()  # (B, K, V)
     finally:
         model.train(was_training)
     return logits, tgt_idx, tgt_valid

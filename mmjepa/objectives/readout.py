@@ -111,13 +111,14 @@ class TokenReadout(Objective):
             raise ValueError(f"readout: tie_embeddings needs the {cfg.modality} encoder's own token table of the "
                              "model's width; a pretrained backbone's is not (set tie_embeddings: false)")
 
-    @property
-    def tied(self) -> bool:
-        return self.cfg.tie_embeddings
+    def output_table(self, source: Any) -> torch.Tensor | None:
+        """The token table (V, D) a tied head scores against, from ``source`` (the model or a
+        ``LatentView``: both have ``token_embeddings``); None for an untied head."""
+        return source.token_embeddings(self.modality) if self.cfg.tie_embeddings else None
 
     def logits(self, latents: torch.Tensor, embeddings: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted latents (..., D) -> vocabulary logits (..., V); ``embeddings``: the token table
-        (V, D) a tied head needs (``model.token_embeddings(modality)``)."""
+        (V, D) a tied head needs (:meth:`output_table`)."""
         return self.head(latents, embeddings)
 
     def labels(self, view: LatentView) -> torch.Tensor:
@@ -165,7 +166,7 @@ class TokenReadout(Objective):
         if m not in view.masks:
             return None
         labels = self.labels(view)  # (Bm*M*Kt,)
-        emb = view.token_embeddings(m) if self.tied else None  # (V, D) or None
+        emb = self.output_table(view)  # (V, D) or None
         ce, acc = self.read(view.predictions(m), labels, emb)  # from the modality's own context
         terms, metrics = {f"readout/{m}": ce}, {f"{m}/readout_acc": acc}
         if self.cfg.context == "own":
