@@ -325,6 +325,8 @@ def test_bad_entries_are_refused_naming_the_key():
             MMJepaConfig(modalities={"image": IMAGE}, backbones={"image": entry})
     with pytest.raises(ValueError, match="has no 'text' modality"):
         MMJepaConfig(modalities={"image": IMAGE}, backbones={"text": {"pretrained": MINILM}})
+    with pytest.raises(ValueError, match="context_mask_tokens: 'text' has a Hugging Face backbone"):
+        minilm_config(context_mask_tokens=["text"])
     with pytest.raises(ValueError, match="backbones.text: pretrained: no such folder"):
         MMJepaModel(MMJepaConfig(modalities={"text": {"vocab_size": 30522}},
                                  backbones={"text": {"pretrained": "./no/such/folder"}}))

@@ -10,7 +10,7 @@ from torch import nn
 from transformers.trainer_pt_utils import get_parameter_names
 
 # never decayed: biases, LayerNorms (by type, as transformers' Trainer does) and learned tokens
-NO_DECAY_NAMES = ["bias", "mask_token", "modality_embed",
+NO_DECAY_NAMES = ["bias", "mask_token", "mask_embed", "modality_embed",
                   "cls_token", "distillation_token", "register_tokens"]  # (those of Hugging Face backbones)
 
 

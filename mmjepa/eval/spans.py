@@ -32,6 +32,7 @@ from transformers import AutoTokenizer
 from ..masking import SpanMasking, pack_indices
 from ..modalities import get_modality, registered_modalities
 from ..models import MMJepaModel
+from ..models.encoder import encode_context, target_query_latents
 from ..processing import MMJepaProcessor
 from ..objectives import TokenReadout
 
@@ -128,7 +129,7 @@ def span_logits(model: Any, input_ids: torch.Tensor, span_mask: torch.Tensor,
     was_training = model.training
     model.eval()
     try:
-        context = [(span, model.encoders[span](input_ids, ctx_idx, ctx_valid), ctx_idx, ctx_valid)]
+        context = [(span, *encode_context(model.encoders[span], input_ids, ctx_idx, ctx_valid, real))]
         others = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in other_inputs.items()}
         for name in model.modality_names:  # optional conditioning on the other modalities
             mod = get_modality(name)
@@ -139,7 +140,9 @@ def span_logits(model: Any, input_ids: torch.Tensor, span_mask: torch.Tensor,
             idx = torch.arange(z.shape[1], device=dev).expand(z.shape[0], -1)
             context.append((name, z, idx, valid))
         tv = tgt_valid.unsqueeze(1) if tgt_valid is not None else None
-        pred = model.predictor(context, span, tgt_idx.unsqueeze(1), tv)  # (B, K, D)
+        own = context[0][1]  # (B, N, D) with mask tokens in the context: they start the queries
+        ql = target_query_latents(own, tgt_idx.unsqueeze(1)) if span in model.config.context_mask_tokens else None
+        pred = model.predictor(context, span, tgt_idx.unsqueeze(1), tv, ql)  # (B, K, D)
         logits = readout.logits(pred, readout.output_table(model)).float()  # (B, K, V)
     finally:
         model.train(was_training)

@@ -89,6 +89,11 @@ class MMJepaConfig(PreTrainedConfig):
             only, each block's queries to the context and their own block), instead of one sequence
             ``[context, queries]`` per block (I-JEPA, the default, where the context tokens also
             attend to that block's queries). Cheaper for several target blocks; not the same function.
+        context_mask_tokens: the modalities whose context encoder sees every token, the masked ones
+            replaced by a learned mask embedding (BERT's and data2vec's input), instead of only the
+            visible ones (I-JEPA). Every encoder layer then computes at the masked positions and the
+            predictor reads those latents as context too; the encoder costs N instead of K tokens.
+            Not for a modality with a Hugging Face backbone.
 
     Masks are not part of a checkpoint: each modality's options (``modalities[m]``: ``mask``,
     ``num_targets``, scales...) say how the collator samples them during training, as index tensors
@@ -120,6 +125,7 @@ class MMJepaConfig(PreTrainedConfig):
         mask_sets: int = 1,
         predictor_context_once: bool = False,
         attention_backend: str = "auto",
+        context_mask_tokens: list[str] | None = None,
         **kwargs,
     ):
         self.modalities = {k: dict(v or {}) for k, v in (modalities or {}).items()}
@@ -144,6 +150,8 @@ class MMJepaConfig(PreTrainedConfig):
         self.backbones = {k: dict(v) if isinstance(v, dict) else v for k, v in (backbones or {}).items()}
         self.mask_sets = mask_sets
         self.predictor_context_once = predictor_context_once
+        self.context_mask_tokens = (context_mask_tokens if isinstance(context_mask_tokens, str)  # refused below
+                                    else list(context_mask_tokens or []))
         unknown = sorted(k for k in kwargs if not k.startswith("_") and k not in _TRANSFORMERS_KEYS)
         if unknown:
             own = [p for p in inspect.signature(MMJepaConfig.__init__).parameters if p not in ("self", "kwargs")]
@@ -201,6 +209,14 @@ class MMJepaConfig(PreTrainedConfig):
             if name not in self.modalities:
                 raise ValueError(f"backbones.{name}: the model has no {name!r} modality (it has {list(self.modalities)})")
             check_entry(name, entry)
+        if isinstance(self.context_mask_tokens, str) or not all(isinstance(m, str) for m in self.context_mask_tokens):
+            raise TypeError(f"context_mask_tokens must be a list of modality names, got {self.context_mask_tokens!r}")
+        for name in self.context_mask_tokens:
+            if self.modalities and name not in self.modalities:
+                raise ValueError(f"context_mask_tokens: the model has no {name!r} modality (it has {list(self.modalities)})")
+            if name in self.backbones:
+                raise ValueError(f"context_mask_tokens: {name!r} has a Hugging Face backbone encoder, which takes no "
+                                 "mask embedding; leave it out")
         if not self.objectives:
             raise ValueError("objectives must name at least one objective")
         for name, opts in self.objectives.items():
@@ -243,6 +259,7 @@ class MMJepaConfig(PreTrainedConfig):
         base["modalities"] = {m: self.modalities[m] for m in modalities}
         base["backbones"] = {m: e for m, e in self.backbones.items() if m in modalities}
         base["predictor_modalities"] = self.predictor_modalities
+        base["context_mask_tokens"] = [m for m in self.context_mask_tokens if m in modalities]
         kept = {}
         for name, opts in self.objectives.items():
             try:

@@ -29,7 +29,7 @@ from ..objectives import PooledPrediction, build_objectives
 from .backbone import BackboneTokens, HFBackboneEncoder, hf_config, resolve_backbones
 from .config import MMJepaConfig
 from .ema import ema_update, momentum_at
-from .encoder import Encoder
+from .encoder import Encoder, encode_context, target_query_latents
 from .monitors import collapse_monitors
 from .predictor import Predictor
 from .saving import SavingMixin
@@ -104,6 +104,8 @@ class MMJepaPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, Encoder) and module.mask_embed is not None:
+            init.trunc_normal_(module.mask_embed, std=std)
         elif isinstance(module, Predictor):
             init.trunc_normal_(module.mask_token, std=std)
             if module.modality_embed is not None:
@@ -135,7 +137,8 @@ class MMJepaPreTrainedModel(PreTrainedModel):
 class MMJepaModel(SavingMixin, MMJepaPreTrainedModel):
     """Multimodal JEPA.
 
-    - ``encoders[m]``: context encoder of modality m, sees only the visible tokens;
+    - ``encoders[m]``: context encoder of modality m, sees only the visible tokens (or every token,
+      the masked ones as a learned mask embedding, for the modalities in ``config.context_mask_tokens``);
     - ``target_encoders[m]``: its EMA copy (no gradients), sees all tokens; its layer-normed outputs
       are the prediction targets, and it provides the embeddings for downstream use;
     - ``predictor``: one narrow transformer that predicts target latents of any modality from the
@@ -178,7 +181,8 @@ class MMJepaModel(SavingMixin, MMJepaPreTrainedModel):
             return HFBackboneEncoder(hf_config(c.backbones[name]), grid, c.hidden_size, name, c.modality_config(name))
         embed = get_modality(name).build_embed(c.modality_config(name), c.hidden_size, add_positions=not rope)
         return Encoder(embed, c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.mlp_ratio, c.qkv_bias,
-                       c.layer_norm_eps, rope=rope, attention_backend=c.attention_backend)
+                       c.layer_norm_eps, rope=rope, attention_backend=c.attention_backend,
+                       mask_token=name in c.context_mask_tokens)
 
     # ------------------------------------------------------------------ pretrained backbones
     @classmethod
@@ -416,15 +420,10 @@ class JepaView:
     def context_sets(self, modality: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The context latents of every mask set: z (Bm*R, Kc, D), idx (Bm*R, Kc), valid or None."""
         if modality not in self._context:
-            ms, R = self.all_masks[modality], self.mask_sets
-            encoder, x = self.model.encoders[modality], self.inputs[modality]
-            if R == 1:
-                z = encoder(x, ms["context"], ms.get("context_valid"))
-            elif isinstance(encoder, Encoder):  # embed once, gather R times
-                z = encoder(x, ms["context"], ms.get("context_valid"), repeats=R)
-            else:  # a Hugging Face backbone embeds inside its own forward
-                z = encoder(x.repeat_interleave(R, 0), ms["context"], ms.get("context_valid"))
-            self._context[modality] = (z, ms["context"], ms.get("context_valid"))  # (Bm*R, Kc, D)
+            ms = self.all_masks[modality]
+            self._context[modality] = encode_context(  # (Bm*R, Kc, D), (Bm*R, Kc), (Bm*R, Kc) or None
+                self.model.encoders[modality], self.inputs[modality], ms["context"], ms.get("context_valid"),
+                self.valid(modality), self.mask_sets)
         return self._context[modality]
 
     def context(self, modality: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -500,6 +499,15 @@ class JepaView:
         M = self.masks[modality]["target"].shape[1]
         return self._first_set(h, M), self._first_set(tv, M)
 
+    def query_latents(self, modality: str, all_sets: bool = False) -> torch.Tensor | None:
+        """For a modality in ``config.context_mask_tokens``: the context encoder's latents at the
+        target positions (it saw them as mask tokens), (Bm*M, Kt, D) (``all_sets``: (Bm*R*M, Kt, D)),
+        which start the predictor's queries and are added to its output; None otherwise."""
+        if modality not in self.config.context_mask_tokens:
+            return None
+        ql = target_query_latents(self.context_sets(modality)[0], self.all_masks[modality]["target"])
+        return ql if all_sets else self._first_set(ql, self.masks[modality]["target"].shape[1])
+
     def predictions(self, modality: str, all_context: bool = False, all_sets: bool = False) -> torch.Tensor:
         """Intra-modal predictions: the target blocks of ``modality`` from its own context (or, with
         ``all_context``, from the context of every modality each sample holds), (Bm*M, Kt, D); with
@@ -511,8 +519,8 @@ class JepaView:
             mods = list(self.masks) if all_context else [modality]
             contexts = [(m, *self._align(m, samples, *self.context_sets(m), self.mask_sets)) for m in mods]
             ms = self.all_masks[modality]
-            self._predictions[key] = self.model.predictor(contexts, modality, ms["target"],
-                                                          ms.get("target_valid"))  # (Bm*R*M, Kt, D)
+            self._predictions[key] = self.model.predictor(contexts, modality, ms["target"], ms.get("target_valid"),
+                                                          self.query_latents(modality, all_sets=True))  # (Bm*R*M, Kt, D)
         pred = self._predictions[key]
         return pred if all_sets else self._first_set(pred, self.masks[modality]["target"].shape[1])
 

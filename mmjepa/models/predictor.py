@@ -151,8 +151,13 @@ class Predictor(nn.Module):
         target_name: str,
         target_idx: torch.Tensor,  # (B, M, Kt)
         target_valid: torch.Tensor | None = None,  # (B, M, Kt)
+        query_latents: torch.Tensor | None = None,  # (B*M, Kt, De)
     ) -> torch.Tensor:
         """``context``: list of (modality, latents (B, Kc, De), idx (B, Kc), valid (B, Kc) or None).
+        ``query_latents``: encoder latents at the target positions (a context encoder that saw them
+        as mask tokens), projected like the context and added to the queries, and added to the
+        output: the predictor then refines the encoder's own latent at each masked position (a
+        residual around it) instead of building it from a mask query alone.
 
         Returns predictions (B*M, Kt, De), sample-major (row b*M + m is sample b, group m).
         """
@@ -161,9 +166,12 @@ class Predictor(nn.Module):
         flat_idx = target_idx.reshape(B * M, Kt)
         q = self.mask_token + self._position(target_name, flat_idx) + self._mod(target_name)  # (B*M, Kt, Dp)
         q = q.expand(B * M, Kt, -1) if q.dim() < 3 or q.shape[0] == 1 else q
+        if query_latents is not None:
+            q = q + self.predictor_embed(query_latents)  # (B*M, Kt, Dp)
         q_coords = self._coords(target_name, flat_idx, self.rope.ndim) if self.rope is not None else None
         tv = target_valid.reshape(B * M, Kt) if target_valid is not None else None
-        return self.run(x, valid, coords, q.reshape(B, M, Kt, -1), tv, q_coords)
+        out = self.run(x, valid, coords, q.reshape(B, M, Kt, -1), tv, q_coords)  # (B*M, Kt, De)
+        return out if query_latents is None else out + query_latents
 
     def predict_pooled(self, context: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor | None]],
                        target_name: str, token: torch.Tensor) -> torch.Tensor:

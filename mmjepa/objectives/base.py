@@ -104,6 +104,11 @@ class LatentView(Protocol):
         validity (Bm*M, Kt) or None; no gradient. ``all_sets``: of all R mask sets, (Bm*R*M, Kt, D)
         ordered sample, set, group (the EMA target still runs once per sample)."""
 
+    def query_latents(self, modality: str, all_sets: bool = False) -> torch.Tensor | None:
+        """For a modality whose context encoder sees mask tokens (``config.context_mask_tokens``): its
+        latents at the target indices, (Bm*M, Kt, D) (``all_sets``: (Bm*R*M, Kt, D)), which the
+        predictor starts its queries from and adds to its output; None for any other modality."""
+
     def predictions(self, modality: str, all_context: bool = False, all_sets: bool = False) -> torch.Tensor:
         """The predictor's latents for the target indices, (Bm*M, Kt, D), from the modality's own
         context (``all_context``: from the context of every modality each sample holds);

@@ -141,11 +141,13 @@ class TokenReadout(Objective):
         tvalid = view.masks[m].get("target_valid")  # (Bm, M, Kt) or None
         Bm, M, Kt = tidx.shape
         pred = view.predictions(m).unflatten(0, (Bm, M))  # (Bm, M, Kt, D): own context (cached; kept for lone samples)
+        ql = view.query_latents(m)  # (Bm*M, Kt, D) or None
         for others, group in context_groups(view, view.present[m], m):
             rows = view.rows(m, group)  # (R,)
             contexts = [(m, *view.aligned_context(m, group)),
                         *((o, *view.aligned_context(o, group, full=True)) for o in others)]
-            p = view.predictor(contexts, m, tidx[rows], None if tvalid is None else tvalid[rows])  # (R*M, Kt, D)
+            q = None if ql is None else ql.unflatten(0, (Bm, M))[rows].flatten(0, 1)  # (R*M, Kt, D)
+            p = view.predictor(contexts, m, tidx[rows], None if tvalid is None else tvalid[rows], q)  # (R*M, Kt, D)
             pred = pred.index_put((rows,), p.unflatten(0, (len(rows), M)))
         return pred.flatten(0, 1)  # (Bm*M, Kt, D)
 
